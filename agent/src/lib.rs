@@ -1,0 +1,16 @@
+//! The Shoal node agent, `shoald`.
+//!
+//! Every node runs one agent. It starts inactive; `swarm init` or `join` on
+//! its local control socket makes it a manager or a worker.
+//!
+//! - [`store`]: the cluster's objects, in memory, changed only by raft.
+//! - [`raft`]: the replicated, durable log (openraft + fjall).
+//! - [`secret`], [`ids`]: small shared vocabulary.
+#![forbid(unsafe_code)]
+
+pub mod ids;
+pub mod raft;
+pub mod secret;
+pub mod store;
+pub mod pki;
+pub mod worker;

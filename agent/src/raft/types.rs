@@ -1,0 +1,48 @@
+//! openraft's type configuration for Shoal: entries carry store
+//! [`Transaction`]s, responses are their [`TxResult`]s, and members are
+//! managers addressed by their raft id.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Transaction, TxResult};
+
+/// A manager's raft id: random, chosen when it joins raft, recorded in its
+/// node object. Node ids are strings; raft needs a `Copy` id.
+pub type RaftId = u64;
+
+/// What raft knows of a member: where to reach it and which node it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMember {
+    pub addr: String,
+    pub node_id: String,
+}
+
+impl std::fmt::Display for RaftMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.node_id, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Transaction,
+        R = TxResult,
+        NodeId = RaftId,
+        Node = RaftMember,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type LogId = openraft::LogId<RaftId>;
+pub type Vote = openraft::Vote<RaftId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<RaftId, RaftMember>;
+pub type Membership = openraft::Membership<RaftId, RaftMember>;
+pub type SnapshotMeta = openraft::SnapshotMeta<RaftId, RaftMember>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<RaftId>;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<RaftId, RaftMember>;

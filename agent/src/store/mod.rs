@@ -1,0 +1,701 @@
+//! The cluster store: every object, held in memory on each manager and
+//! changed only by applying raft entries.
+//!
+//! - [`objects`] defines the object kinds.
+//! - [`Transaction`]s are built by request handlers and control loops (ids
+//!   and times made *before* proposing) and applied here in log order. Apply
+//!   is deterministic and all-or-nothing: either every op of a transaction
+//!   holds or none is applied and the proposer gets a [`TxError`].
+//! - Optimistic concurrency: an update carries the object with the version
+//!   it was read at; apply refuses it if the object changed since.
+//! - Each applied transaction emits [`Changes`] to subscribers, and a bounded
+//!   history of them lets a [`Watch`](Store::watch_from) resume from a
+//!   version without a full copy.
+//!
+//! Durability is raft's: the log and snapshots live in `crate::raft`; this
+//! module does no I/O.
+
+pub mod objects;
+pub mod query;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::raft::types::{LogId, StoredMembership};
+pub use objects::*;
+
+/// How many applied transactions' changes are kept for resuming watches.
+const HISTORY_EVENTS: usize = 100_000;
+/// Live subscribers that fall further behind than this get a reset.
+const BROADCAST_CAPACITY: usize = 16_384;
+
+// ------------------------------------------------------------ transactions
+
+/// One write, proposed through raft as a single entry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+    /// Unix ms, stamped by the proposer; the time of the resulting events.
+    pub time: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    /// Fails if an object of that kind and id exists, or (services) the name
+    /// is taken.
+    Create(Object),
+    /// Replaces the object. Its `meta.version` must equal the stored one.
+    Update(Object),
+    /// Deletes the object; with a version, only if it still has it.
+    Delete {
+        kind: Kind,
+        id: String,
+        version: Option<u64>,
+    },
+}
+
+impl Transaction {
+    pub fn new(time: i64) -> Self {
+        Transaction {
+            ops: Vec::new(),
+            time,
+        }
+    }
+
+    pub fn create(mut self, object: impl StoreObject) -> Self {
+        self.ops.push(Op::Create(object.into_object()));
+        self
+    }
+
+    pub fn update(mut self, object: impl StoreObject) -> Self {
+        self.ops.push(Op::Update(object.into_object()));
+        self
+    }
+
+    pub fn delete<T: StoreObject>(mut self, object: &T) -> Self {
+        self.ops.push(Op::Delete {
+            kind: T::KIND,
+            id: object.meta().id.clone(),
+            version: Some(object.meta().version),
+        });
+        self
+    }
+
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// Why a transaction was not applied. These are expected outcomes that
+/// every manager reaches identically, not storage faults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TxError {
+    #[error("{kind} {id} was changed by someone else (version {expected} is now {actual}): read it again and retry")]
+    Conflict {
+        kind: Kind,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: Kind, id: String },
+    #[error("{kind} {id} already exists")]
+    Exists { kind: Kind, id: String },
+    #[error("a service named {name:?} already exists: choose another name or update it")]
+    NameInUse { name: String },
+}
+
+/// What a transaction produced: the version its changes carry.
+pub type TxResult = Result<u64, TxError>;
+
+// ------------------------------------------------------------------ events
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Create,
+    Update,
+    Remove,
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub action: Action,
+    pub object: Object,
+    /// For updates and removals: the object before.
+    pub old: Option<Object>,
+}
+
+/// The changes of one applied entry.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub version: u64,
+    pub time: i64,
+    pub events: Vec<Event>,
+    /// The whole store was replaced (snapshot installed): subscribers must
+    /// discard what they know and read everything again.
+    pub reset: bool,
+}
+
+// ------------------------------------------------------------------ tables
+
+/// One kind's objects, by id. A BTreeMap so that id prefixes resolve with a
+/// range scan. Objects are shared (`Arc`) with readers and events; a change
+/// replaces the Arc, never mutates through it.
+#[derive(Clone, Debug)]
+pub struct Table<T> {
+    items: BTreeMap<String, Arc<T>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: StoreObject> Table<T> {
+    pub fn get(&self, id: &str) -> Option<&Arc<T>> {
+        self.items.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.items.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Objects whose id starts with `prefix`, at most `limit`.
+    pub fn with_prefix(&self, prefix: &str, limit: usize) -> Vec<&Arc<T>> {
+        self.items
+            .range(prefix.to_string()..)
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .take(limit)
+            .map(|(_, o)| o)
+            .collect()
+    }
+}
+
+/// Raft's own facts carried by the state machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RaftApplied {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub nodes: Table<Node>,
+    pub services: Table<Service>,
+    pub tasks: Table<Task>,
+    pub clusters: Table<Cluster>,
+    tasks_by_service: HashMap<String, BTreeSet<String>>,
+    tasks_by_node: HashMap<String, BTreeSet<String>>,
+    service_by_name: HashMap<String, String>,
+    /// Raft index of the last applied entry: the store's version.
+    pub version: u64,
+    pub raft: RaftApplied,
+}
+
+/// Access to the table of one kind, so that store code can be generic.
+pub trait HasTable<T: StoreObject> {
+    fn table(&self) -> &Table<T>;
+}
+
+impl HasTable<Node> for Tables {
+    fn table(&self) -> &Table<Node> {
+        &self.nodes
+    }
+}
+impl HasTable<Service> for Tables {
+    fn table(&self) -> &Table<Service> {
+        &self.services
+    }
+}
+impl HasTable<Task> for Tables {
+    fn table(&self) -> &Table<Task> {
+        &self.tasks
+    }
+}
+impl HasTable<Cluster> for Tables {
+    fn table(&self) -> &Table<Cluster> {
+        &self.clusters
+    }
+}
+
+impl Tables {
+    pub fn get<T: StoreObject>(&self, id: &str) -> Option<&Arc<T>>
+    where
+        Self: HasTable<T>,
+    {
+        self.table().get(id)
+    }
+
+    pub fn get_object(&self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
+            Kind::Service => self.services.get(id).map(|o| Object::Service((**o).clone())),
+            Kind::Task => self.tasks.get(id).map(|o| Object::Task((**o).clone())),
+            Kind::Cluster => self.clusters.get(id).map(|o| Object::Cluster((**o).clone())),
+        }
+    }
+
+    fn object_version(&self, kind: Kind, id: &str) -> Option<u64> {
+        match kind {
+            Kind::Node => self.nodes.get(id).map(|o| o.meta.version),
+            Kind::Service => self.services.get(id).map(|o| o.meta.version),
+            Kind::Task => self.tasks.get(id).map(|o| o.meta.version),
+            Kind::Cluster => self.clusters.get(id).map(|o| o.meta.version),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.clusters.get(CLUSTER_OBJECT_ID)
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.service_by_name
+            .get(name)
+            .and_then(|id| self.services.get(id))
+    }
+
+    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
+        self.tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
+        self.tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn count_tasks_on_node(&self, node_id: &str) -> usize {
+        self.tasks_by_node.get(node_id).map_or(0, |s| s.len())
+    }
+
+    fn insert(&mut self, object: Object) {
+        match object {
+            Object::Node(o) => {
+                self.nodes.items.insert(o.meta.id.clone(), Arc::new(o));
+            }
+            Object::Service(o) => {
+                self.service_by_name
+                    .insert(o.spec.name.clone(), o.meta.id.clone());
+                self.services.items.insert(o.meta.id.clone(), Arc::new(o));
+            }
+            Object::Task(o) => {
+                self.tasks_by_service
+                    .entry(o.service_id.clone())
+                    .or_default()
+                    .insert(o.meta.id.clone());
+                if !o.node_id.is_empty() {
+                    self.tasks_by_node
+                        .entry(o.node_id.clone())
+                        .or_default()
+                        .insert(o.meta.id.clone());
+                }
+                self.tasks.items.insert(o.meta.id.clone(), Arc::new(o));
+            }
+            Object::Cluster(o) => {
+                self.clusters.items.insert(o.meta.id.clone(), Arc::new(o));
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
+        match kind {
+            Kind::Node => self.nodes.items.remove(id).map(|o| Object::Node(unwrap_arc(o))),
+            Kind::Service => self.services.items.remove(id).map(|o| {
+                if self.service_by_name.get(&o.spec.name).map(String::as_str) == Some(id) {
+                    self.service_by_name.remove(&o.spec.name);
+                }
+                Object::Service(unwrap_arc(o))
+            }),
+            Kind::Task => self.tasks.items.remove(id).map(|o| {
+                remove_index(&mut self.tasks_by_service, &o.service_id, id);
+                remove_index(&mut self.tasks_by_node, &o.node_id, id);
+                Object::Task(unwrap_arc(o))
+            }),
+            Kind::Cluster => self
+                .clusters
+                .items
+                .remove(id)
+                .map(|o| Object::Cluster(unwrap_arc(o))),
+        }
+    }
+
+    /// Checks `tx` against the current state and applies it at `version`.
+    /// Returns the events, or the first failing op's error with nothing
+    /// changed.
+    fn apply(&mut self, version: u64, tx: &Transaction) -> Result<Vec<Event>, TxError> {
+        self.check(tx)?;
+        let mut events = Vec::with_capacity(tx.ops.len());
+        for op in &tx.ops {
+            match op {
+                Op::Create(object) => {
+                    let mut object = object.clone();
+                    object.meta_mut().version = version;
+                    self.insert(object.clone());
+                    events.push(Event {
+                        action: Action::Create,
+                        object,
+                        old: None,
+                    });
+                }
+                Op::Update(object) => {
+                    let mut object = object.clone();
+                    object.meta_mut().version = version;
+                    let old = self.remove(object.kind(), object.id());
+                    self.insert(object.clone());
+                    events.push(Event {
+                        action: Action::Update,
+                        object,
+                        old,
+                    });
+                }
+                Op::Delete { kind, id, .. } => {
+                    if let Some(old) = self.remove(*kind, id) {
+                        events.push(Event {
+                            action: Action::Remove,
+                            object: old,
+                            old: None,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Validates every op, taking earlier ops of the same transaction into
+    /// account, without changing anything.
+    fn check(&self, tx: &Transaction) -> Result<(), TxError> {
+        // What earlier ops of this transaction did: Some(version) = exists
+        // with that version, None = deleted. Created objects carry version
+        // u64::MAX, which no later op can name: an object created in a
+        // transaction is not updated by the same one.
+        let mut staged: HashMap<(Kind, &str), Option<u64>> = HashMap::new();
+        let mut staged_names: HashMap<&str, Option<&str>> = HashMap::new();
+        for op in &tx.ops {
+            match op {
+                Op::Create(object) => {
+                    let key = (object.kind(), object.id());
+                    let exists = match staged.get(&key) {
+                        Some(v) => v.is_some(),
+                        None => self.object_version(key.0, key.1).is_some(),
+                    };
+                    if exists {
+                        return Err(TxError::Exists {
+                            kind: key.0,
+                            id: key.1.to_string(),
+                        });
+                    }
+                    if let Object::Service(service) = object {
+                        let name = service.spec.name.as_str();
+                        let taken = match staged_names.get(name) {
+                            Some(owner) => owner.is_some(),
+                            None => self.service_by_name.contains_key(name),
+                        };
+                        if taken {
+                            return Err(TxError::NameInUse {
+                                name: name.to_string(),
+                            });
+                        }
+                        staged_names.insert(name, Some(service.meta.id.as_str()));
+                    }
+                    staged.insert(key, Some(u64::MAX));
+                }
+                Op::Update(object) => {
+                    let key = (object.kind(), object.id());
+                    let current = match staged.get(&key) {
+                        Some(v) => *v,
+                        None => self.object_version(key.0, key.1),
+                    };
+                    let Some(current) = current else {
+                        return Err(TxError::NotFound {
+                            kind: key.0,
+                            id: key.1.to_string(),
+                        });
+                    };
+                    if current != object.meta().version {
+                        return Err(TxError::Conflict {
+                            kind: key.0,
+                            id: key.1.to_string(),
+                            expected: object.meta().version,
+                            actual: current,
+                        });
+                    }
+                    if let Object::Service(service) = object {
+                        let name = service.spec.name.as_str();
+                        let owner = match staged_names.get(name) {
+                            Some(owner) => owner.map(str::to_string),
+                            None => self.service_by_name.get(name).cloned(),
+                        };
+                        if owner.is_some_and(|owner| owner != service.meta.id) {
+                            return Err(TxError::NameInUse {
+                                name: name.to_string(),
+                            });
+                        }
+                        staged_names.insert(name, Some(service.meta.id.as_str()));
+                    }
+                    staged.insert(key, Some(u64::MAX));
+                }
+                Op::Delete { kind, id, version } => {
+                    let key = (*kind, id.as_str());
+                    let current = match staged.get(&key) {
+                        Some(v) => *v,
+                        None => self.object_version(key.0, key.1),
+                    };
+                    match (current, version) {
+                        // Deleting what is already gone is not an error:
+                        // deletes are idempotent.
+                        (None, _) => {}
+                        (Some(actual), Some(expected)) if actual != *expected => {
+                            return Err(TxError::Conflict {
+                                kind: *kind,
+                                id: id.clone(),
+                                expected: *expected,
+                                actual,
+                            });
+                        }
+                        _ => {}
+                    }
+                    staged.insert(key, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all_objects(&self) -> Vec<Object> {
+        let mut out = Vec::with_capacity(
+            self.nodes.len() + self.services.len() + self.tasks.len() + self.clusters.len(),
+        );
+        out.extend(self.clusters.iter().map(|o| Object::Cluster((**o).clone())));
+        out.extend(self.nodes.iter().map(|o| Object::Node((**o).clone())));
+        out.extend(self.services.iter().map(|o| Object::Service((**o).clone())));
+        out.extend(self.tasks.iter().map(|o| Object::Task((**o).clone())));
+        out
+    }
+}
+
+fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
+    Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone())
+}
+
+fn remove_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ store
+
+/// The serialized form of the whole store, as raft snapshots carry it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    pub version: u64,
+    pub raft: RaftApplied,
+    pub objects: Vec<Object>,
+}
+
+/// Where a watcher starts.
+pub enum WatchStart {
+    /// The changes since the requested version, then the receiver.
+    Resume(Vec<Arc<Changes>>),
+    /// The requested version is too old (or 0): a full copy at `version`.
+    Full { version: u64, objects: Vec<Object> },
+}
+
+pub struct Store {
+    tables: RwLock<Tables>,
+    history: Mutex<History>,
+    changes: broadcast::Sender<Arc<Changes>>,
+}
+
+#[derive(Default)]
+struct History {
+    entries: VecDeque<Arc<Changes>>,
+    events: usize,
+    /// Changes after this version are all in `entries`.
+    complete_after: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        let (changes, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Store {
+            tables: RwLock::new(Tables::default()),
+            history: Mutex::new(History::default()),
+            changes,
+        }
+    }
+
+    /// A consistent read of the whole store. Keep the guard short: apply
+    /// waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.tables.read().version
+    }
+
+    /// Live changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Changes>> {
+        self.changes.subscribe()
+    }
+
+    /// Applies a committed transaction at raft index `version`.
+    pub fn apply(&self, log_id: LogId, tx: &Transaction) -> TxResult {
+        let version = log_id.index;
+        let mut tables = self.tables.write();
+        let outcome = tables.apply(version, tx);
+        tables.version = version;
+        tables.raft.last_applied = Some(log_id);
+        let events = match &outcome {
+            Ok(events) => events.clone(),
+            Err(_) => Vec::new(),
+        };
+        self.publish(Changes {
+            version,
+            time: tx.time,
+            events,
+            reset: false,
+        });
+        drop(tables);
+        outcome.map(|_| version)
+    }
+
+    /// Records a raft entry that changes no object (blank or membership).
+    pub fn apply_raft(&self, log_id: LogId, membership: Option<StoredMembership>) {
+        let mut tables = self.tables.write();
+        tables.version = log_id.index;
+        tables.raft.last_applied = Some(log_id);
+        if let Some(membership) = membership {
+            tables.raft.membership = membership;
+        }
+    }
+
+    pub fn raft_applied(&self) -> RaftApplied {
+        self.tables.read().raft.clone()
+    }
+
+    fn publish(&self, changes: Changes) {
+        let changes = Arc::new(changes);
+        let mut history = self.history.lock();
+        history.events += changes.events.len().max(1);
+        history.entries.push_back(changes.clone());
+        while history.events > HISTORY_EVENTS {
+            let Some(oldest) = history.entries.pop_front() else {
+                break;
+            };
+            history.events -= oldest.events.len().max(1);
+            history.complete_after = oldest.version;
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(changes);
+    }
+
+    /// Where a watch resuming after `since` starts, and a receiver for
+    /// what follows, with no gap and no overlap between the two.
+    pub fn watch_from(&self, since: u64) -> (WatchStart, broadcast::Receiver<Arc<Changes>>) {
+        // Apply publishes while holding the write lock, so under the read
+        // lock the history and the receiver meet exactly.
+        let tables = self.tables.read();
+        let receiver = self.changes.subscribe();
+        let history = self.history.lock();
+        if since > 0 && since >= history.complete_after && since <= tables.version {
+            let changes = history
+                .entries
+                .iter()
+                .filter(|c| c.version > since)
+                .cloned()
+                .collect();
+            return (WatchStart::Resume(changes), receiver);
+        }
+        drop(history);
+        (
+            WatchStart::Full {
+                version: tables.version,
+                objects: tables.all_objects(),
+            },
+            receiver,
+        )
+    }
+
+    /// Serializes the whole store for a raft snapshot.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let tables = self.tables.read();
+        StoreSnapshot {
+            version: tables.version,
+            raft: tables.raft.clone(),
+            objects: tables.all_objects(),
+        }
+    }
+
+    /// Replaces the whole store with a snapshot's content. Watchers get a
+    /// reset.
+    pub fn restore(&self, snapshot: StoreSnapshot) {
+        let mut tables = Tables {
+            version: snapshot.version,
+            raft: snapshot.raft,
+            ..Tables::default()
+        };
+        for object in snapshot.objects {
+            tables.insert(object);
+        }
+        let version = tables.version;
+        let mut guard = self.tables.write();
+        *guard = tables;
+        {
+            let mut history = self.history.lock();
+            history.entries.clear();
+            history.events = 0;
+            history.complete_after = version;
+        }
+        let _ = self.changes.send(Arc::new(Changes {
+            version,
+            time: crate::ids::now_ms(),
+            events: Vec::new(),
+            reset: true,
+        }));
+        drop(guard);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+use super::*;
+
+fn log_id(index: u64) -> LogId {
+    openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+}
+
+fn service(id: &str, name: &str) -> Service {
+    Service {
+        meta: Meta::new(id.into(), 1),
+        spec: ServiceSpec {
+            name: name.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, service_id: &str, node_id: &str) -> Task {
+    Task {
+        meta: Meta::new(id.into(), 1),
+        service_id: service_id.into(),
+        node_id: node_id.into(),
+        slot: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn applied_objects_carry_the_raft_index_as_version() {
+    let store = Store::new();
+    let tx = Transaction::new(5).create(service("s1", "web"));
+    assert_eq!(store.apply(log_id(7), &tx), Ok(7));
+    let tables = store.read();
+    assert_eq!(tables.services.get("s1").unwrap().meta.version, 7);
+    assert_eq!(tables.version, 7);
+}
+
+#[test]
+fn an_update_naming_an_old_version_is_refused_and_changes_nothing() {
+    let store = Store::new();
+    store
+        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .unwrap();
+    let read = (**store.read().services.get("s1").unwrap()).clone();
+    let mut first = read.clone();
+    first.spec.replicas = 3;
+    store.apply(log_id(2), &Transaction::new(2).update(first)).unwrap();
+
+    let mut stale = read;
+    stale.spec.replicas = 9;
+    let err = store
+        .apply(log_id(3), &Transaction::new(3).update(stale))
+        .unwrap_err();
+    assert!(matches!(err, TxError::Conflict { expected: 1, actual: 2, .. }));
+    assert_eq!(store.read().services.get("s1").unwrap().spec.replicas, 3);
+}
+
+#[test]
+fn a_transaction_is_all_or_nothing() {
+    let store = Store::new();
+    store
+        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .unwrap();
+    // The second op fails (name taken), so the first must not land either.
+    let tx = Transaction::new(2)
+        .create(task("t1", "s1", "n1"))
+        .create(service("s2", "web"));
+    assert_eq!(
+        store.apply(log_id(2), &tx),
+        Err(TxError::NameInUse { name: "web".into() })
+    );
+    assert!(store.read().tasks.get("t1").is_none());
+}
+
+#[test]
+fn indexes_follow_tasks_across_updates_and_deletes() {
+    let store = Store::new();
+    let tx = Transaction::new(1)
+        .create(service("s1", "web"))
+        .create(task("t1", "s1", "n1"))
+        .create(task("t2", "s1", "n2"));
+    store.apply(log_id(1), &tx).unwrap();
+    let mut moved = (**store.read().tasks.get("t1").unwrap()).clone();
+    moved.node_id = "n2".into();
+    store.apply(log_id(2), &Transaction::new(2).update(moved)).unwrap();
+    {
+        let tables = store.read();
+        assert_eq!(tables.tasks_on_node("n1").count(), 0);
+        assert_eq!(tables.tasks_on_node("n2").count(), 2);
+        assert_eq!(tables.tasks_of_service("s1").count(), 2);
+    }
+    let t2 = (**store.read().tasks.get("t2").unwrap()).clone();
+    store.apply(log_id(3), &Transaction::new(3).delete(&t2)).unwrap();
+    assert_eq!(store.read().tasks_on_node("n2").count(), 1);
+}
+
+#[test]
+fn a_watch_resumes_from_a_version_without_gaps() {
+    let store = Store::new();
+    for i in 1..=5u64 {
+        store
+            .apply(
+                log_id(i),
+                &Transaction::new(i as i64).create(service(&format!("s{i}"), &format!("svc{i}"))),
+            )
+            .unwrap();
+    }
+    let (start, mut rx) = store.watch_from(3);
+    let WatchStart::Resume(changes) = start else {
+        panic!("expected a resume");
+    };
+    assert_eq!(changes.iter().map(|c| c.version).collect::<Vec<_>>(), vec![4, 5]);
+    store
+        .apply(log_id(6), &Transaction::new(6).create(service("s6", "svc6")))
+        .unwrap();
+    assert_eq!(rx.try_recv().unwrap().version, 6);
+}
+
+#[test]
+fn a_watch_from_zero_gets_a_full_copy() {
+    let store = Store::new();
+    store
+        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .unwrap();
+    let (start, _rx) = store.watch_from(0);
+    let WatchStart::Full { version, objects } = start else {
+        panic!("expected a full copy");
+    };
+    assert_eq!(version, 1);
+    assert_eq!(objects.len(), 1);
+}
+
+#[test]
+fn a_snapshot_restores_the_same_store() {
+    let store = Store::new();
+    let tx = Transaction::new(1)
+        .create(service("s1", "web"))
+        .create(task("t1", "s1", "n1"));
+    store.apply(log_id(1), &tx).unwrap();
+    let bytes = postcard::to_stdvec(&store.snapshot()).unwrap();
+
+    let other = Store::new();
+    let mut rx = other.subscribe();
+    other.restore(postcard::from_bytes(&bytes).unwrap());
+    assert!(rx.try_recv().unwrap().reset);
+    let tables = other.read();
+    assert_eq!(tables.version, 1);
+    assert_eq!(tables.service_by_name("web").unwrap().meta.id, "s1");
+    assert_eq!(tables.tasks_on_node("n1").count(), 1);
+}
+
+#[test]
+fn lookups_accept_ids_names_and_unique_prefixes() {
+    let store = Store::new();
+    let tx = Transaction::new(1)
+        .create(service("abc111", "web"))
+        .create(service("abc222", "db"));
+    store.apply(log_id(1), &tx).unwrap();
+    let tables = store.read();
+    assert_eq!(tables.find_service("web").unwrap().meta.id, "abc111");
+    assert_eq!(tables.find_service("abc2").unwrap().meta.id, "abc222");
+    assert!(matches!(
+        tables.find_service("abc"),
+        Err(query::LookupError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        tables.find_service("nope"),
+        Err(query::LookupError::NotFound { .. })
+    ));
+}

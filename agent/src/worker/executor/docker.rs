@@ -1,0 +1,1 @@
+//! See the executor trait in the parent module.

@@ -1,0 +1,27 @@
+//! Shoal's wire: the protobuf messages and gRPC services every Shoal program
+//! speaks, and the client transports that reach them.
+//!
+//! - [`v1`] is generated from `proto/shoal/v1/*.proto` at build time (pure
+//!   Rust, no `protoc`). `Control` is the public operator API; `Raft`,
+//!   `Dispatcher` and `Ca` are the cluster's internal services.
+//! - [`transport`] dials a node's local unix socket or a manager over mutual
+//!   TLS, and loads the operator credentials `shoal --host` uses.
+//!
+//! This is the only crate that knows protobuf: the agent converts these
+//! types to its domain types at its service edge, and the console works on
+//! them directly.
+
+pub mod transport;
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
+
+/// The DNS name every manager certificate carries; clients verify managers
+/// against it because nodes are reached by IP and may move.
+pub const MANAGER_SERVER_NAME: &str = "shoal-manager";
+/// The DNS name every worker certificate carries.
+pub const WORKER_SERVER_NAME: &str = "shoal-worker";
+/// Subject organizational unit of an operator certificate.
+pub const OPERATOR_ROLE: &str = "shoal-operator";
