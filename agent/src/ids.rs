@@ -20,7 +20,9 @@ pub fn new_id() -> String {
 
 /// Whether `s` has the shape of an id (used to tell ids from names).
 pub fn looks_like_id(s: &str) -> bool {
-    s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    s.len() == ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
 pub fn short(id: &str) -> &str {

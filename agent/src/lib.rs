@@ -9,8 +9,9 @@
 #![forbid(unsafe_code)]
 
 pub mod ids;
+pub mod manager;
+pub mod pki;
 pub mod raft;
 pub mod secret;
 pub mod store;
-pub mod pki;
 pub mod worker;

@@ -75,7 +75,10 @@ fn tls_connector(
     Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
     Error = std::io::Error,
     Future = impl Future<
-        Output = Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, std::io::Error>,
+        Output = Result<
+            TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+            std::io::Error,
+        >,
     > + Send,
 > + Clone
 + Send
@@ -139,7 +142,9 @@ pub fn client_tls_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in parse_certs(root_ca_pem)? {
-        roots.add(cert).map_err(|e| format!("root CA certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("root CA certificate: {e}"))?;
     }
     let chain = parse_certs(cert_chain_pem)?;
     let key = parse_key(key_pem)?;
@@ -188,10 +193,11 @@ impl OperatorCredentials {
         let cert = read(OPERATOR_CERT_FILE)?;
         let key = read(OPERATOR_KEY_FILE)?;
         let ca = read(OPERATOR_CA_FILE)?;
-        let tls = client_tls_config(&ca, &cert, &key).map_err(|reason| TransportError::Credentials {
-            path: dir.to_path_buf(),
-            reason,
-        })?;
+        let tls =
+            client_tls_config(&ca, &cert, &key).map_err(|reason| TransportError::Credentials {
+                path: dir.to_path_buf(),
+                reason,
+            })?;
         Ok(Self { tls: Arc::new(tls) })
     }
 }

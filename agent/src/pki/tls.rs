@@ -63,7 +63,9 @@ impl NodeTls {
 /// A client config with no certificate. With `root_ca_pem` it trusts only
 /// that root; without, it accepts any server certificate — only for fetching
 /// the root CA during join, which is then checked against the token digest.
-pub fn anonymous_client_config(root_ca_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+pub fn anonymous_client_config(
+    root_ca_pem: Option<&str>,
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
     let _ = root_ca_pem;
     todo!()
 }
@@ -104,10 +106,8 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    acceptor.accept(tcp),
-                );
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
                 let stream = match handshake.await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {

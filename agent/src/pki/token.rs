@@ -13,7 +13,9 @@ use crate::secret::Secret;
 pub enum TokenError {
     #[error("invalid join token: {0}; copy the whole token from 'shoal swarm join-token'")]
     MalformedJoinToken(String),
-    #[error("invalid unlock key: {0}; it looks like SWMKEY-1-… as printed when autolock was turned on")]
+    #[error(
+        "invalid unlock key: {0}; it looks like SWMKEY-1-… as printed when autolock was turned on"
+    )]
     MalformedUnlockKey(String),
 }
 

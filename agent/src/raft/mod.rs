@@ -8,7 +8,7 @@
 //!
 //! [`Store`]: crate::store::Store
 
-pub mod types;
 pub mod crypt;
 pub mod log_store;
 pub mod state_machine;
+pub mod types;

@@ -56,6 +56,33 @@ pub enum Op {
         id: String,
         version: Option<u64>,
     },
+    /// Changes one field group that has a single owner, without a version
+    /// check, so that owners never conflict with each other (the worker owns
+    /// a task's status, managers its desired state). A patch on a missing
+    /// object, or one that would move a state backwards, is skipped.
+    Patch(Patch),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Patch {
+    /// Reported by the worker running the task; only moves forward.
+    TaskStatus { id: String, status: TaskStatus },
+    /// Set by orchestrators; only moves forward (running → shutdown → remove).
+    TaskDesiredState { id: String, state: TaskState },
+    /// Set by the scheduler; applies only while the task is still pending
+    /// and wanted running.
+    TaskAssign {
+        id: String,
+        node_id: String,
+        status: TaskStatus,
+    },
+    /// Set by the dispatcher.
+    NodeStatus { id: String, status: NodeStatus },
+    /// Reported by the node when its session starts.
+    NodeDescription {
+        id: String,
+        description: NodeDescription,
+    },
 }
 
 impl Transaction {
@@ -85,6 +112,11 @@ impl Transaction {
         self
     }
 
+    pub fn patch(mut self, patch: Patch) -> Self {
+        self.ops.push(Op::Patch(patch));
+        self
+    }
+
     pub fn push(&mut self, op: Op) {
         self.ops.push(op);
     }
@@ -102,7 +134,9 @@ impl Transaction {
 /// every manager reaches identically, not storage faults.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TxError {
-    #[error("{kind} {id} was changed by someone else (version {expected} is now {actual}): read it again and retry")]
+    #[error(
+        "{kind} {id} was changed by someone else (version {expected} is now {actual}): read it again and retry"
+    )]
     Conflict {
         kind: Kind,
         id: String,
@@ -252,9 +286,15 @@ impl Tables {
     pub fn get_object(&self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
             Kind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
-            Kind::Service => self.services.get(id).map(|o| Object::Service((**o).clone())),
+            Kind::Service => self
+                .services
+                .get(id)
+                .map(|o| Object::Service((**o).clone())),
             Kind::Task => self.tasks.get(id).map(|o| Object::Task((**o).clone())),
-            Kind::Cluster => self.clusters.get(id).map(|o| Object::Cluster((**o).clone())),
+            Kind::Cluster => self
+                .clusters
+                .get(id)
+                .map(|o| Object::Cluster((**o).clone())),
         }
     }
 
@@ -277,7 +317,10 @@ impl Tables {
             .and_then(|id| self.services.get(id))
     }
 
-    pub fn tasks_of_service<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
+    pub fn tasks_of_service<'a>(
+        &'a self,
+        service_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
         self.tasks_by_service
             .get(service_id)
             .into_iter()
@@ -328,7 +371,11 @@ impl Tables {
 
     fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
-            Kind::Node => self.nodes.items.remove(id).map(|o| Object::Node(unwrap_arc(o))),
+            Kind::Node => self
+                .nodes
+                .items
+                .remove(id)
+                .map(|o| Object::Node(unwrap_arc(o))),
             Kind::Service => self.services.items.remove(id).map(|o| {
                 if self.service_by_name.get(&o.spec.name).map(String::as_str) == Some(id) {
                     self.service_by_name.remove(&o.spec.name);
@@ -386,9 +433,81 @@ impl Tables {
                         });
                     }
                 }
+                Op::Patch(patch) => {
+                    if let Some(event) = self.apply_patch(version, patch) {
+                        events.push(event);
+                    }
+                }
             }
         }
         Ok(events)
+    }
+
+    fn apply_patch(&mut self, version: u64, patch: &Patch) -> Option<Event> {
+        let (kind, id) = match patch {
+            Patch::TaskStatus { id, .. }
+            | Patch::TaskDesiredState { id, .. }
+            | Patch::TaskAssign { id, .. } => (Kind::Task, id),
+            Patch::NodeStatus { id, .. } | Patch::NodeDescription { id, .. } => (Kind::Node, id),
+        };
+        let old = self.get_object(kind, id)?;
+        let mut new = old.clone();
+        let changed = match (&mut new, patch) {
+            (Object::Task(task), Patch::TaskStatus { status, .. }) => {
+                // A worker may repeat a report (retries, restarts): equal
+                // states refresh the details, older ones are stale.
+                if status.state < task.status.state {
+                    false
+                } else {
+                    task.status = status.clone();
+                    true
+                }
+            }
+            (Object::Task(task), Patch::TaskDesiredState { state, .. }) => {
+                if *state <= task.desired_state {
+                    false
+                } else {
+                    task.desired_state = *state;
+                    true
+                }
+            }
+            (
+                Object::Task(task),
+                Patch::TaskAssign {
+                    node_id, status, ..
+                },
+            ) => {
+                if task.status.state != TaskState::Pending
+                    || task.desired_state > TaskState::Running
+                {
+                    false
+                } else {
+                    task.node_id = node_id.clone();
+                    task.status = status.clone();
+                    true
+                }
+            }
+            (Object::Node(node), Patch::NodeStatus { status, .. }) => {
+                node.status = status.clone();
+                true
+            }
+            (Object::Node(node), Patch::NodeDescription { description, .. }) => {
+                node.description = description.clone();
+                true
+            }
+            _ => false,
+        };
+        if !changed {
+            return None;
+        }
+        new.meta_mut().version = version;
+        let old = self.remove(kind, id);
+        self.insert(new.clone());
+        Some(Event {
+            action: Action::Update,
+            object: new,
+            old,
+        })
     }
 
     /// Validates every op, taking earlier ops of the same transaction into
@@ -486,6 +605,8 @@ impl Tables {
                     }
                     staged.insert(key, None);
                 }
+                // Patches cannot fail: they are skipped when they do not apply.
+                Op::Patch(_) => {}
             }
         }
         Ok(())

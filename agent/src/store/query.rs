@@ -8,7 +8,10 @@ use super::{Node, Service, Tables, Task};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
     #[error("{kind} {reference:?} not found")]
-    NotFound { kind: &'static str, reference: String },
+    NotFound {
+        kind: &'static str,
+        reference: String,
+    },
     #[error("{kind} {reference:?} is ambiguous: it matches {candidates}; use a longer id prefix")]
     Ambiguous {
         kind: &'static str,

@@ -44,14 +44,23 @@ fn an_update_naming_an_old_version_is_refused_and_changes_nothing() {
     let read = (**store.read().services.get("s1").unwrap()).clone();
     let mut first = read.clone();
     first.spec.replicas = 3;
-    store.apply(log_id(2), &Transaction::new(2).update(first)).unwrap();
+    store
+        .apply(log_id(2), &Transaction::new(2).update(first))
+        .unwrap();
 
     let mut stale = read;
     stale.spec.replicas = 9;
     let err = store
         .apply(log_id(3), &Transaction::new(3).update(stale))
         .unwrap_err();
-    assert!(matches!(err, TxError::Conflict { expected: 1, actual: 2, .. }));
+    assert!(matches!(
+        err,
+        TxError::Conflict {
+            expected: 1,
+            actual: 2,
+            ..
+        }
+    ));
     assert_eq!(store.read().services.get("s1").unwrap().spec.replicas, 3);
 }
 
@@ -82,7 +91,9 @@ fn indexes_follow_tasks_across_updates_and_deletes() {
     store.apply(log_id(1), &tx).unwrap();
     let mut moved = (**store.read().tasks.get("t1").unwrap()).clone();
     moved.node_id = "n2".into();
-    store.apply(log_id(2), &Transaction::new(2).update(moved)).unwrap();
+    store
+        .apply(log_id(2), &Transaction::new(2).update(moved))
+        .unwrap();
     {
         let tables = store.read();
         assert_eq!(tables.tasks_on_node("n1").count(), 0);
@@ -90,7 +101,9 @@ fn indexes_follow_tasks_across_updates_and_deletes() {
         assert_eq!(tables.tasks_of_service("s1").count(), 2);
     }
     let t2 = (**store.read().tasks.get("t2").unwrap()).clone();
-    store.apply(log_id(3), &Transaction::new(3).delete(&t2)).unwrap();
+    store
+        .apply(log_id(3), &Transaction::new(3).delete(&t2))
+        .unwrap();
     assert_eq!(store.read().tasks_on_node("n2").count(), 1);
 }
 
@@ -109,9 +122,15 @@ fn a_watch_resumes_from_a_version_without_gaps() {
     let WatchStart::Resume(changes) = start else {
         panic!("expected a resume");
     };
-    assert_eq!(changes.iter().map(|c| c.version).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        changes.iter().map(|c| c.version).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     store
-        .apply(log_id(6), &Transaction::new(6).create(service("s6", "svc6")))
+        .apply(
+            log_id(6),
+            &Transaction::new(6).create(service("s6", "svc6")),
+        )
         .unwrap();
     assert_eq!(rx.try_recv().unwrap().version, 6);
 }
@@ -167,4 +186,75 @@ fn lookups_accept_ids_names_and_unique_prefixes() {
         tables.find_service("nope"),
         Err(query::LookupError::NotFound { .. })
     ));
+}
+
+#[test]
+fn status_patches_only_move_forward_and_never_conflict() {
+    let store = Store::new();
+    let mut t = task("t1", "s1", "n1");
+    t.status.state = TaskState::Assigned;
+    store
+        .apply(log_id(1), &Transaction::new(1).create(t))
+        .unwrap();
+    let running = TaskStatus {
+        state: TaskState::Running,
+        ..Default::default()
+    };
+    let starting = TaskStatus {
+        state: TaskState::Starting,
+        ..Default::default()
+    };
+    let tx = Transaction::new(2)
+        .patch(Patch::TaskStatus {
+            id: "t1".into(),
+            status: running,
+        })
+        .patch(Patch::TaskDesiredState {
+            id: "t1".into(),
+            state: TaskState::Shutdown,
+        })
+        // A late report of an earlier state is stale and ignored.
+        .patch(Patch::TaskStatus {
+            id: "t1".into(),
+            status: starting,
+        })
+        // Patching what does not exist is skipped, not an error.
+        .patch(Patch::TaskDesiredState {
+            id: "gone".into(),
+            state: TaskState::Remove,
+        });
+    assert_eq!(store.apply(log_id(2), &tx), Ok(2));
+    let tables = store.read();
+    let t1 = tables.tasks.get("t1").unwrap();
+    assert_eq!(t1.status.state, TaskState::Running);
+    assert_eq!(t1.desired_state, TaskState::Shutdown);
+    assert_eq!(t1.meta.version, 2);
+}
+
+#[test]
+fn the_scheduler_cannot_assign_a_task_that_is_no_longer_pending() {
+    let store = Store::new();
+    let mut t = task("t1", "s1", "");
+    t.status.state = TaskState::Pending;
+    t.desired_state = TaskState::Running;
+    store
+        .apply(log_id(1), &Transaction::new(1).create(t))
+        .unwrap();
+    let shut = Transaction::new(2).patch(Patch::TaskDesiredState {
+        id: "t1".into(),
+        state: TaskState::Shutdown,
+    });
+    store.apply(log_id(2), &shut).unwrap();
+    let assign = Transaction::new(3).patch(Patch::TaskAssign {
+        id: "t1".into(),
+        node_id: "n1".into(),
+        status: TaskStatus {
+            state: TaskState::Assigned,
+            ..Default::default()
+        },
+    });
+    store.apply(log_id(3), &assign).unwrap();
+    let tables = store.read();
+    assert_eq!(tables.tasks.get("t1").unwrap().node_id, "");
+    assert_eq!(tables.tasks_on_node("n1").count(), 0);
 }

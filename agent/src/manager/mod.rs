@@ -1,0 +1,78 @@
+//! The manager side of a node: the services other nodes and operators call,
+//! and the control loops the leader runs.
+//!
+//! Control loops (orchestrators, scheduler, reaper, ...) run only on the
+//! leader. Each reads the local [`Store`] and writes by proposing
+//! [`Transaction`]s through a [`Proposer`]; each is driven by store change
+//! events, not by timers, and each stops when leadership is lost.
+
+pub mod orchestrator;
+pub mod scheduler;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, Transaction, TxError};
+
+/// Why a proposal did not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// The transaction reached the log but its checks failed (conflict, not
+    /// found, name in use): a value, not a fault.
+    #[error(transparent)]
+    Rejected(#[from] TxError),
+    #[error("{}", no_leader_message(*.reachable, *.total))]
+    NoLeader { reachable: usize, total: usize },
+    #[error("this node is not a manager of the cluster")]
+    NotManager,
+    #[error("the write was not confirmed in time; it may still commit: check before retrying")]
+    Timeout,
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("this node is shutting down")]
+    Shutdown,
+}
+
+pub fn no_leader_message(reachable: usize, total: usize) -> String {
+    format!(
+        "the cluster has no leader: {reachable} of {total} managers reachable; bring managers \
+         back or run 'shoal swarm init --force-new-cluster' on a survivor"
+    )
+}
+
+type ProposeFuture = Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send>>;
+
+/// Something that commits transactions through raft (the local raft on the
+/// leader, or a forward to the leader).
+#[derive(Clone)]
+pub struct Proposer(Arc<dyn Fn(Transaction) -> ProposeFuture + Send + Sync>);
+
+impl Proposer {
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn(Transaction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<u64, ProposeError>> + Send + 'static,
+    {
+        Proposer(Arc::new(move |tx| Box::pin(f(tx))))
+    }
+
+    /// Commits `tx` and returns the version its changes carry.
+    pub async fn propose(&self, tx: Transaction) -> Result<u64, ProposeError> {
+        if tx.is_empty() {
+            return Ok(0);
+        }
+        (self.0)(tx).await
+    }
+}
+
+/// What every leader control loop gets.
+#[derive(Clone)]
+pub struct LeaderContext {
+    pub store: Arc<Store>,
+    pub proposer: Proposer,
+    /// Cancelled when this node stops being leader or shuts down.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,1 @@
+//! Orchestrators turn service specs into tasks.
