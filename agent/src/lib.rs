@@ -8,8 +8,10 @@
 //! - [`secret`], [`ids`]: small shared vocabulary.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod ids;
 pub mod manager;
+pub mod node;
 pub mod pki;
 pub mod raft;
 pub mod secret;

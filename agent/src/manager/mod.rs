@@ -6,8 +6,19 @@
 //! [`Transaction`]s through a [`Proposer`]; each is driven by store change
 //! events, not by timers, and each stops when leadership is lost.
 
+pub mod ca_service;
+pub mod control;
+pub mod dispatcher;
+pub mod dispatcher_service;
+pub mod info;
+pub mod logs;
 pub mod orchestrator;
+pub mod raft_service;
+pub mod roles;
+pub mod runtime;
 pub mod scheduler;
+pub mod validate;
+pub mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{Store, Transaction, TxError};
 
 /// Why a proposal did not commit.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     /// The transaction reached the log but its checks failed (conflict, not
     /// found, name in use): a value, not a fault.
@@ -75,4 +86,9 @@ pub struct LeaderContext {
     pub proposer: Proposer,
     /// Cancelled when this node stops being leader or shuts down.
     pub shutdown: CancellationToken,
+}
+
+/// The control loops a leader runs, started afresh with each leadership.
+pub fn leader_loops() -> runtime::LeaderLoops {
+    Arc::new(orchestrator::spawn_all)
 }

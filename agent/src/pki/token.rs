@@ -7,7 +7,15 @@
 //!
 //! An unlock key is `SWMKEY-1-<base64 of 32 random bytes>`.
 
+use crate::ids::base36;
 use crate::secret::Secret;
+
+const JOIN_PREFIX: &str = "SWMTKN-1-";
+const UNLOCK_PREFIX: &str = "SWMKEY-1-";
+/// Base-36 length of a sha256 digest (36^50 > 2^256).
+pub const DIGEST_LEN: usize = 50;
+/// Base-36 length of the 128-bit join secret.
+const SECRET_LEN: usize = 25;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -35,17 +43,43 @@ impl std::fmt::Debug for JoinToken {
 impl JoinToken {
     /// A new token for the CA with this digest, with a fresh random secret.
     pub fn generate(ca_digest: &str) -> Self {
-        todo!("{ca_digest}")
+        let mut bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        JoinToken {
+            ca_digest: ca_digest.to_string(),
+            secret: Secret::new(base36(&bytes, SECRET_LEN)),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Self, TokenError> {
-        todo!("{text}")
+        let malformed = |why: &str| TokenError::MalformedJoinToken(why.to_string());
+        let rest = text
+            .trim()
+            .strip_prefix(JOIN_PREFIX)
+            .ok_or_else(|| malformed("it does not start with SWMTKN-1-"))?;
+        let (digest, secret) = rest
+            .split_once('-')
+            .ok_or_else(|| malformed("it lacks the secret after the CA digest"))?;
+        let is_base36 = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        };
+        if digest.len() != DIGEST_LEN || !is_base36(digest) {
+            return Err(malformed("the CA digest part is not 50 base-36 characters"));
+        }
+        if secret.len() != SECRET_LEN || !is_base36(secret) {
+            return Err(malformed("the secret part is not 25 base-36 characters"));
+        }
+        Ok(JoinToken {
+            ca_digest: digest.to_string(),
+            secret: Secret::new(secret),
+        })
     }
 
     /// The full token text, secret included: only for showing to an
     /// operator who asked for it.
     pub fn expose(&self) -> String {
-        todo!()
+        format!("{JOIN_PREFIX}{}-{}", self.ca_digest, self.secret.expose())
     }
 }
 
@@ -61,15 +95,70 @@ impl std::fmt::Debug for UnlockKey {
 
 impl UnlockKey {
     pub fn generate() -> Self {
-        todo!()
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        UnlockKey(bytes)
     }
 
     pub fn parse(text: &str) -> Result<Self, TokenError> {
-        todo!("{text}")
+        use base64::Engine;
+        let malformed = |why: &str| TokenError::MalformedUnlockKey(why.to_string());
+        let encoded = text
+            .trim()
+            .strip_prefix(UNLOCK_PREFIX)
+            .ok_or_else(|| malformed("it does not start with SWMKEY-1-"))?;
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|_| malformed("the part after SWMKEY-1- is not base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| malformed("the key is not 32 bytes long"))?;
+        Ok(UnlockKey(key))
     }
 
     /// `SWMKEY-1-…`, for showing once to the operator.
     pub fn expose(&self) -> Secret {
-        todo!()
+        use base64::Engine;
+        Secret::new(format!(
+            "{UNLOCK_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_round_trip_and_reject_garbage() {
+        let digest = "a".repeat(DIGEST_LEN);
+        let token = JoinToken::generate(&digest);
+        let text = token.expose();
+        assert!(text.starts_with("SWMTKN-1-aaaa"));
+        assert_eq!(JoinToken::parse(&format!(" {text}\n")).unwrap(), token);
+        assert_ne!(JoinToken::generate(&digest).secret, token.secret);
+        for bad in [
+            "",
+            "SWMTKN-1-",
+            "SWMTKN-2-abc-def",
+            &text[..text.len() - 1],
+            &text.to_uppercase(),
+        ] {
+            let err = JoinToken::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("shoal swarm join-token"), "{err}");
+        }
+        assert!(!format!("{token:?}").contains(token.secret.expose()));
+    }
+
+    #[test]
+    fn unlock_keys_round_trip() {
+        let key = UnlockKey::generate();
+        let text = key.expose();
+        assert!(text.expose().starts_with("SWMKEY-1-"));
+        assert_eq!(UnlockKey::parse(text.expose()).unwrap(), key);
+        assert!(UnlockKey::parse("SWMKEY-1-tooshort").is_err());
+        assert!(UnlockKey::parse("hello").is_err());
+        assert_eq!(format!("{key:?}"), "UnlockKey(<redacted>)");
     }
 }

@@ -5,9 +5,20 @@
 //! calls back every append that the sync covered (group commit), so many
 //! concurrent proposals share one sync.
 
-use std::path::Path;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::crypt::DataKey;
+use super::types::{Entry, LogId, RaftId, SnapshotMeta, StorageError, TypeConfig, Vote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaftDbError {
@@ -15,26 +26,374 @@ pub enum RaftDbError {
     Open { path: String, reason: String },
 }
 
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+const SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+
 /// The fjall database under `<data dir>/raft`: log, vote, committed index
 /// and snapshots.
 #[derive(Clone)]
 pub struct RaftDb {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    log: Keyspace,
+    meta: Keyspace,
+    dek: DataKey,
+    /// Appends waiting for the flusher's next sync.
+    flush_queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// A storage failure, as text: fjall, decoding and decryption errors all
+/// end here, with what was being read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(String);
+
+fn db_error(what: &str, e: impl std::fmt::Display) -> DbError {
+    DbError(format!("{what}: {e}"))
 }
 
 impl RaftDb {
     pub fn open(dir: &Path, dek: DataKey) -> Result<Self, RaftDbError> {
-        let _ = (dir, dek);
-        todo!()
+        let failed = |reason: String| RaftDbError::Open {
+            path: dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+        let db = Database::builder(dir)
+            // Raft decides when data must be durable; fjall must not sync
+            // on its own schedule in between.
+            .manual_journal_persist(true)
+            .worker_threads(1)
+            .cache_size(16 * 1024 * 1024)
+            .open()
+            .map_err(|e| failed(e.to_string()))?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(|e| failed(e.to_string()))?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(|e| failed(e.to_string()))?;
+        let (flush_queue, pending) = mpsc::channel();
+        let flusher_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flush_loop(flusher_db, pending))
+            .map_err(|e| failed(format!("cannot start the log flusher: {e}")))?;
+        let this = RaftDb {
+            inner: Arc::new(Inner {
+                path: dir.to_path_buf(),
+                db,
+                log,
+                meta,
+                dek,
+                flush_queue,
+            }),
+        };
+        // Reading the vote proves the key opens this log, so a wrong key
+        // is reported now, not as a raft failure later.
+        this.get_meta::<Vote>(VOTE)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(this)
     }
 
     pub fn log_store(&self) -> LogStore {
-        todo!()
+        LogStore { db: self.clone() }
     }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn seal<T: Serialize>(&self, aad: &[u8], value: &T) -> Result<Vec<u8>, DbError> {
+        let plain = postcard::to_allocvec(value).map_err(|e| db_error("encoding", e))?;
+        Ok(self.inner.dek.seal(aad, &plain))
+    }
+
+    fn open_value<T: DeserializeOwned>(&self, aad: &[u8], sealed: &[u8]) -> Result<T, DbError> {
+        let plain = self.inner.dek.open(aad, sealed).map_err(|e| {
+            DbError(format!(
+                "cannot decrypt raft data at {}: {e}; this data directory belongs to another key \
+                 (wrong unlock key?) or is corrupt",
+                self.inner.path.display()
+            ))
+        })?;
+        postcard::from_bytes(&plain).map_err(|e| db_error("decoding raft data", e))
+    }
+
+    pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, DbError> {
+        match self
+            .inner
+            .meta
+            .get(key)
+            .map_err(|e| db_error("reading", e))?
+        {
+            Some(sealed) => self.open_value(key, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a meta value and makes it durable before returning.
+    pub(crate) fn put_meta_durably<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), DbError> {
+        let sealed = self.seal(key, value)?;
+        self.inner
+            .meta
+            .insert(key, sealed)
+            .map_err(|e| db_error("writing", e))?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<(), DbError> {
+        self.inner
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| db_error("syncing", e))
+    }
+
+    /// The persisted snapshot: its meta and data (the serialized store).
+    pub(crate) fn snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
+        let Some(meta) = self.get_meta::<SnapshotMeta>(SNAPSHOT_META)? else {
+            return Ok(None);
+        };
+        let data: Vec<u8> = self.get_meta(SNAPSHOT_DATA)?.unwrap_or_default();
+        Ok(Some((meta, data)))
+    }
+
+    /// Replaces the persisted snapshot, durably, in one batch so that meta
+    /// and data always match.
+    pub(crate) fn save_snapshot(&self, meta: &SnapshotMeta, data: &Vec<u8>) -> Result<(), DbError> {
+        let mut batch = self.inner.db.batch();
+        batch.insert(
+            &self.inner.meta,
+            SNAPSHOT_META,
+            self.seal(SNAPSHOT_META, meta)?,
+        );
+        batch.insert(
+            &self.inner.meta,
+            SNAPSHOT_DATA,
+            self.seal(SNAPSHOT_DATA, data)?,
+        );
+        batch
+            .commit()
+            .map_err(|e| db_error("writing the snapshot", e))?;
+        self.sync()
+    }
+
+    fn log_aad(index: u64) -> [u8; 11] {
+        let mut aad = [0u8; 11];
+        aad[..3].copy_from_slice(b"log");
+        aad[3..].copy_from_slice(&index.to_be_bytes());
+        aad
+    }
+
+    fn entries(&self, start: u64, end_inclusive: Option<u64>) -> Result<Vec<Entry>, DbError> {
+        let from = start.to_be_bytes();
+        let iter = match end_inclusive {
+            Some(end) => self.inner.log.range(from..=end.to_be_bytes()),
+            None => self.inner.log.range(from..),
+        };
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item
+                .into_inner()
+                .map_err(|e| db_error("reading the log", e))?;
+            let index = index_of(&key)?;
+            entries.push(self.open_value(&Self::log_aad(index), &value)?);
+        }
+        Ok(entries)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, DbError> {
+        let Some(guard) = self.inner.log.last_key_value() else {
+            return Ok(None);
+        };
+        let (key, value) = guard
+            .into_inner()
+            .map_err(|e| db_error("reading the log", e))?;
+        let index = index_of(&key)?;
+        self.open_value(&Self::log_aad(index), &value).map(Some)
+    }
+
+    /// Deletes log entries with index in `range`.
+    fn delete_entries(&self, from: u64, to_inclusive: u64) -> Result<(), DbError> {
+        let mut batch = self.inner.db.batch();
+        for item in self
+            .inner
+            .log
+            .range(from.to_be_bytes()..=to_inclusive.to_be_bytes())
+        {
+            let key = item.key().map_err(|e| db_error("reading the log", e))?;
+            batch.remove(&self.inner.log, key);
+        }
+        batch
+            .commit()
+            .map_err(|e| db_error("deleting log entries", e))
+    }
+}
+
+fn index_of(key: &[u8]) -> Result<u64, DbError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| DbError(format!("malformed log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Group commit: waits for appends, syncs once for everything queued, then
+/// acknowledges them all.
+fn flush_loop(db: Database, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let result = db.persist(PersistMode::SyncData);
+        for callback in batch {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(format!("syncing the raft log: {e}"))),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+fn io_error(kind: fn(AnyError) -> StorageIOError<RaftId>, e: DbError) -> StorageError {
+    kind(AnyError::error(e.to_string())).into()
+}
+
+fn read_logs(e: DbError) -> StorageError {
+    io_error(StorageIOError::read_logs, e)
+}
+
+fn write_logs(e: DbError) -> StorageError {
+    io_error(StorageIOError::write_logs, e)
 }
 
 /// openraft's `RaftLogStorage` and `RaftLogReader` over [`RaftDb`].
 #[derive(Clone)]
 pub struct LogStore {
-    _private: (),
+    db: RaftDb,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => Some(e),
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&e) => Some(e - 1),
+            Bound::Unbounded => None,
+        };
+        if end.is_some_and(|end| end < start) {
+            return Ok(Vec::new());
+        }
+        self.db.entries(start, end).map_err(read_logs)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.db.get_meta(LAST_PURGED).map_err(read_logs)?;
+        let last = self.db.last_entry().map_err(read_logs)?.map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.db
+            .put_meta_durably(VOTE, vote)
+            .map_err(|e| io_error(StorageIOError::write_vote, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.db
+            .get_meta(VOTE)
+            .map_err(|e| io_error(StorageIOError::read_vote, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: raft re-learns the committed index from the leader;
+        // keeping it only spares replaying on restart.
+        let sealed = self.db.seal(COMMITTED, &committed).map_err(write_logs)?;
+        self.db
+            .inner
+            .meta
+            .insert(COMMITTED, sealed)
+            .map_err(|e| write_logs(db_error("writing", e)))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .db
+            .get_meta::<Option<LogId>>(COMMITTED)
+            .map_err(read_logs)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.db.inner.db.batch();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let sealed = self
+                .db
+                .seal(&RaftDb::log_aad(index), &entry)
+                .map_err(write_logs)?;
+            batch.insert(&self.db.inner.log, index.to_be_bytes(), sealed);
+        }
+        batch
+            .commit()
+            .map_err(|e| write_logs(db_error("appending", e)))?;
+        self.db
+            .inner
+            .flush_queue
+            .send(callback)
+            .map_err(|_| write_logs(DbError("the raft log flusher has stopped".into())))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.db
+            .delete_entries(log_id.index, u64::MAX)
+            .and_then(|()| self.db.sync())
+            .map_err(write_logs)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The purge point first: a crash in between leaves entries that
+        // are ignored, never a hole that looks like a log.
+        self.db
+            .put_meta_durably(LAST_PURGED, &log_id)
+            .and_then(|()| self.db.delete_entries(0, log_id.index))
+            .map_err(write_logs)
+    }
 }

@@ -10,5 +10,6 @@
 
 pub mod crypt;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;

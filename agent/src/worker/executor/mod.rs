@@ -8,9 +8,12 @@
 //! repeat it after a restart or a lost reply. Workloads are labelled with
 //! the node id so that several agents can share one engine.
 
+mod choose;
 pub mod docker;
 pub mod process;
 pub mod sim;
+
+pub use choose::choose;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

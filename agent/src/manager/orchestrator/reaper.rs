@@ -1,0 +1,154 @@
+//! The task reaper keeps task history bounded and removes what is done.
+//!
+//! - Per slot (per node for global services), at most the cluster's task
+//!   history limit of tasks are kept (default 5, the current one
+//!   included); the oldest finished ones go first.
+//! - Tasks to be removed (service removed, node removed) are deleted once
+//!   finished, or at once if no node ever had them.
+//! - Tasks stopped before any node got them are marked shut down, and
+//!   tasks left on a removed node are marked orphaned: no worker will ever
+//!   report on them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{LeaderContext, Reconciler, commit, slot_key};
+use crate::ids::now_ms;
+use crate::manager::ProposeError;
+use crate::store::*;
+
+#[derive(Default)]
+pub struct Reaper {
+    dirty: HashSet<String>,
+    all_dirty: bool,
+}
+
+impl Reconciler for Reaper {
+    const NAME: &'static str = "task reaper";
+
+    fn observe(&mut self, changes: &Changes) -> bool {
+        for event in &changes.events {
+            match &event.object {
+                Object::Task(t) => {
+                    let relevant = t.status.state.is_terminal()
+                        || t.desired_state > TaskState::Running
+                        || event.action == Action::Create;
+                    if relevant && event.action != Action::Remove {
+                        self.dirty.insert(t.service_id.clone());
+                    }
+                }
+                Object::Service(s) if event.action == Action::Remove => {
+                    self.dirty.insert(s.meta.id.clone());
+                }
+                Object::Cluster(_) => self.all_dirty = true,
+                Object::Node(_) if event.action == Action::Remove => self.all_dirty = true,
+                _ => {}
+            }
+        }
+        self.all_dirty || !self.dirty.is_empty()
+    }
+
+    async fn reconcile(&mut self, ctx: &LeaderContext, full: bool) -> Result<(), ProposeError> {
+        let ops = {
+            let tables = ctx.store.read();
+            let retention = tables
+                .cluster()
+                .map_or(5, |c| c.spec.task_history_retention.max(1))
+                as usize;
+            let services: Vec<String> = if full || self.all_dirty {
+                let mut ids: HashSet<String> =
+                    tables.tasks.iter().map(|t| t.service_id.clone()).collect();
+                ids.extend(tables.services.iter().map(|s| s.meta.id.clone()));
+                ids.into_iter().collect()
+            } else {
+                self.dirty.iter().cloned().collect()
+            };
+            let mut ops = Vec::new();
+            for service_id in services {
+                reap_service(&tables, &service_id, retention, &mut ops);
+            }
+            ops
+        };
+        self.dirty.clear();
+        self.all_dirty = false;
+        commit(ctx, ops).await
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        None
+    }
+}
+
+fn delete(task: &Task) -> Op {
+    Op::Delete {
+        kind: Kind::Task,
+        id: task.meta.id.clone(),
+        version: None,
+    }
+}
+
+fn mark(task: &Task, state: TaskState, message: &str) -> Op {
+    Op::Patch(Patch::TaskStatus {
+        id: task.meta.id.clone(),
+        status: TaskStatus {
+            state,
+            timestamp: now_ms(),
+            message: message.to_string(),
+            err: task.status.err.clone(),
+            exit_code: task.status.exit_code,
+            container_id: task.status.container_id.clone(),
+            ..Default::default()
+        },
+    })
+}
+
+fn reap_service(tables: &Tables, service_id: &str, retention: usize, ops: &mut Vec<Op>) {
+    let service_exists = tables.services.get(service_id).is_some();
+    let mut slots: BTreeMap<(u64, String), Vec<Arc<Task>>> = BTreeMap::new();
+    for task in tables.tasks_of_service(service_id) {
+        let never_assigned = task.status.state < TaskState::Assigned;
+        let finished = task.status.state.is_terminal();
+        let node_gone = !task.node_id.is_empty() && tables.nodes.get(&task.node_id).is_none();
+        if task.desired_state == TaskState::Remove || !service_exists {
+            if finished || never_assigned || node_gone {
+                ops.push(delete(task));
+            } else if task.desired_state != TaskState::Remove {
+                ops.push(Op::Patch(Patch::TaskDesiredState {
+                    id: task.meta.id.clone(),
+                    state: TaskState::Remove,
+                }));
+            }
+            continue;
+        }
+        if task.desired_state > TaskState::Running && !finished {
+            if never_assigned {
+                ops.push(mark(
+                    task,
+                    TaskState::Shutdown,
+                    "shutdown before a node got it",
+                ));
+            } else if node_gone {
+                ops.push(mark(task, TaskState::Orphaned, "its node was removed"));
+            }
+        }
+        slots.entry(slot_key(task)).or_default().push(task.clone());
+    }
+    for tasks in slots.values_mut() {
+        if tasks.len() <= retention {
+            continue;
+        }
+        // Oldest first; only finished tasks that no longer hold the slot go.
+        tasks.sort_by_key(|t| (t.meta.created_at, t.meta.id.clone()));
+        let mut excess = tasks.len() - retention;
+        for task in tasks.iter() {
+            if excess == 0 {
+                break;
+            }
+            if task.desired_state > TaskState::Running && task.status.state.is_terminal() {
+                ops.push(delete(task));
+                excess -= 1;
+            }
+        }
+    }
+}

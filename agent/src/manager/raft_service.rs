@@ -1,0 +1,234 @@
+//! The `Raft` service: replication between managers, forwarded proposals
+//! and membership changes. Only manager certificates of this cluster may
+//! call it; once this manager is a raft member, only other members may
+//! (so a manager removed from raft, or left over from before a
+//! `--force-new-cluster`, cannot disrupt elections).
+
+use std::sync::Arc;
+
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::raft_server::Raft as RaftApi;
+use tonic::{Request, Response, Status};
+
+use super::runtime::{LEADER_ADDR_HEADER, ManagerRuntime};
+use crate::api::authz::{Caller, Trust, require};
+use crate::ids::now_ms;
+use crate::node::Agent;
+use crate::pki::identity::PeerRole;
+use crate::raft::network::{decode, encode};
+use crate::raft::types::RaftMember;
+use crate::store::*;
+
+pub struct RaftService {
+    pub agent: Arc<Agent>,
+}
+
+fn wire(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+impl RaftService {
+    /// The manager runtime, if the caller is a manager of this cluster
+    /// allowed to talk raft to us. Returns the caller's node id.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        members_only: bool,
+    ) -> Result<(Arc<ManagerRuntime>, String), Status> {
+        let caller = Caller::of(request);
+        let active = self.agent.active().await?;
+        let manager = active.require_manager()?;
+        let cluster_id = active.cluster_id();
+        let tables = manager.store.read();
+        let removed = |id: &str| {
+            tables
+                .cluster()
+                .is_some_and(|c| c.removed_nodes.contains_key(id))
+        };
+        require(
+            &caller,
+            &[PeerRole::Manager],
+            &Trust {
+                cluster_id: &cluster_id,
+                is_removed: &removed,
+            },
+        )?;
+        drop(tables);
+        let Caller::Peer(identity) = caller else {
+            return Err(Status::permission_denied("raft is only for managers"));
+        };
+        if members_only {
+            let members = manager.members();
+            if !members.is_empty()
+                && !members
+                    .iter()
+                    .any(|(_, m, _)| m.node_id == identity.node_id)
+            {
+                return Err(Status::permission_denied(format!(
+                    "manager {} is not a raft member of this cluster: it was removed, or the \
+                     cluster was re-initialized; make it leave and join again",
+                    identity.node_id
+                )));
+            }
+        }
+        manager.contacts.saw(&identity.node_id);
+        Ok((manager, identity.node_id))
+    }
+
+    /// A refusal that tells the caller where the leader is.
+    fn not_leader(manager: &ManagerRuntime) -> Status {
+        let mut status = Status::failed_precondition("this manager is not the leader");
+        if let Some((_, member)) = manager.leader()
+            && let Ok(value) = member.addr.parse()
+        {
+            status.metadata_mut().insert(LEADER_ADDR_HEADER, value);
+        }
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl RaftApi for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let (manager, _) = self.authorize(&request, true).await?;
+        let rpc = decode(&request.get_ref().data).map_err(wire)?;
+        let result = manager.raft.append_entries(rpc).await;
+        Ok(Response::new(pb::RaftPayload {
+            data: encode(&result).map_err(wire)?,
+        }))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let (manager, _) = self.authorize(&request, true).await?;
+        let rpc = decode(&request.get_ref().data).map_err(wire)?;
+        let result = manager.raft.vote(rpc).await;
+        Ok(Response::new(pb::RaftPayload {
+            data: encode(&result).map_err(wire)?,
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let (manager, _) = self.authorize(&request, true).await?;
+        let rpc = decode(&request.get_ref().data).map_err(wire)?;
+        let result = manager.raft.install_snapshot(rpc).await;
+        Ok(Response::new(pb::RaftPayload {
+            data: encode(&result).map_err(wire)?,
+        }))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let (manager, _) = self.authorize(&request, true).await?;
+        let tx: Transaction = decode(&request.get_ref().transaction).map_err(wire)?;
+        // Forwarded writes are never forwarded again: a follower that
+        // thinks we lead gets told otherwise and re-resolves.
+        let result = manager.propose_local(tx).await;
+        Ok(Response::new(pb::ProposeResponse {
+            result: encode(&result).map_err(wire)?,
+        }))
+    }
+
+    async fn join_raft(
+        &self,
+        request: Request<pb::JoinRaftRequest>,
+    ) -> Result<Response<pb::JoinRaftResponse>, Status> {
+        let (manager, node_id) = self.authorize(&request, false).await?;
+        if !manager.is_leader() {
+            return Err(Self::not_leader(&manager));
+        }
+        let r = request.into_inner();
+        let node = manager
+            .store
+            .read()
+            .nodes
+            .get(&node_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("node {node_id} is not in the cluster")))?;
+        let expected = node.manager_status.as_ref().map(|m| m.raft_id);
+        if node.spec.desired_role != Role::Manager || expected != Some(r.raft_id) {
+            return Err(Status::permission_denied(format!(
+                "node {} is not meant to be a manager with raft id {}",
+                node.description.hostname, r.raft_id
+            )));
+        }
+        crate::node::join::check_addr("the manager address", &r.addr)?;
+        manager
+            .add_member(
+                r.raft_id,
+                RaftMember {
+                    addr: r.addr.clone(),
+                    node_id: node_id.clone(),
+                },
+            )
+            .await
+            .map_err(Status::unavailable)?;
+        // Raft has the new voter: record the role in the store.
+        for _ in 0..5 {
+            let Some(current) = manager.store.read().nodes.get(&node_id).cloned() else {
+                break;
+            };
+            let mut node = (*current).clone();
+            node.role = Role::Manager;
+            let status = node.manager_status.get_or_insert_with(Default::default);
+            status.raft_id = r.raft_id;
+            status.addr = r.addr.clone();
+            status.reachability = Reachability::Reachable;
+            node.meta.updated_at = now_ms();
+            match manager
+                .propose(Transaction::new(now_ms()).update(node))
+                .await
+            {
+                Err(super::ProposeError::Rejected(TxError::Conflict { .. })) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => break,
+            }
+        }
+        tracing::info!(node = %node.description.hostname, raft_id = r.raft_id, "manager joined raft");
+        let addrs = manager
+            .members()
+            .into_iter()
+            .map(|(_, m, _)| m.addr)
+            .collect();
+        Ok(Response::new(pb::JoinRaftResponse {
+            manager_addrs: addrs,
+        }))
+    }
+
+    async fn leave_raft(
+        &self,
+        request: Request<pb::LeaveRaftRequest>,
+    ) -> Result<Response<pb::LeaveRaftResponse>, Status> {
+        let (manager, node_id) = self.authorize(&request, true).await?;
+        if !manager.is_leader() {
+            return Err(Self::not_leader(&manager));
+        }
+        let raft_id = request.get_ref().raft_id;
+        let member = manager
+            .members()
+            .into_iter()
+            .find(|(id, _, _)| *id == raft_id);
+        if let Some((_, member, _)) = member
+            && member.node_id != node_id
+        {
+            return Err(Status::permission_denied(
+                "a manager can only remove itself from raft",
+            ));
+        }
+        manager
+            .remove_member(raft_id)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(pb::LeaveRaftResponse {}))
+    }
+}

@@ -1,0 +1,631 @@
+//! A running manager: its raft node, its copy of the store, and — while it
+//! leads — the control loops.
+//!
+//! Writes go through [`ManagerRuntime::propose`]: on the leader straight
+//! into raft, on a follower forwarded to the leader over the `Raft` service.
+//! Reads come from the local store. Without a leader every write fails at
+//! once with how many managers are reachable, rather than hanging.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use parking_lot::Mutex;
+use rand::Rng;
+use shoal_proto::v1::raft_client::RaftClient;
+use shoal_proto::v1::{JoinRaftRequest, LeaveRaftRequest, ProposeRequest};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::{LeaderContext, ProposeError, Proposer};
+use crate::pki::tls::NodeTls;
+use crate::raft::log_store::RaftDb;
+use crate::raft::network::{self, Network, PeerContacts};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{Raft, RaftId, RaftMember, RaftMetrics};
+use crate::store::{Store, Transaction};
+
+/// Raft timing. Heartbeats every 100 ms and elections after 400–800 ms of
+/// silence: a dead leader is replaced in well under a second, while a busy
+/// machine has four heartbeats of slack before a needless election.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+        }
+    }
+}
+
+/// Raft entries kept after a snapshot (swarmkit keeps 500 as well).
+pub const LOG_ENTRIES_FOR_SLOW_FOLLOWERS: u64 = 500;
+
+/// How long a write may wait for commit before the caller is told.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raft happenings that are not store changes, for `Watch` and events.
+#[derive(Clone, Debug)]
+pub enum ClusterEvent {
+    LeaderChanged {
+        old: Option<String>,
+        new: Option<String>,
+        time: i64,
+    },
+}
+
+/// Starts the leader's control loops when this manager becomes leader;
+/// the returned handles are aborted when leadership ends.
+pub type LeaderLoops = Arc<dyn Fn(LeaderContext) -> Vec<tokio::task::JoinHandle<()>> + Send + Sync>;
+
+pub struct ManagerRuntime {
+    pub node_id: String,
+    pub raft_id: RaftId,
+    pub addr: String,
+    pub raft: Raft,
+    pub store: Arc<Store>,
+    pub contacts: Arc<PeerContacts>,
+    pub timing: RaftTiming,
+    tls: Arc<NodeTls>,
+    leader_clients: Mutex<HashMap<String, RaftClient<Channel>>>,
+    events: broadcast::Sender<ClusterEvent>,
+    /// Present while this manager leads.
+    dispatcher: arc_swap::ArcSwapOption<super::dispatcher::Dispatcher>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] crate::raft::log_store::RaftDbError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl ManagerRuntime {
+    /// Opens the raft storage under `db` and starts raft. A new manager's
+    /// raft is empty until the cluster is initialized or it is added as a
+    /// member.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        node_id: String,
+        raft_id: RaftId,
+        addr: String,
+        db: RaftDb,
+        tls: Arc<NodeTls>,
+        timing: RaftTiming,
+        snapshot_interval: u64,
+        leader_loops: LeaderLoops,
+    ) -> Result<Arc<Self>, StartError> {
+        let store = Arc::new(Store::new());
+        let state_machine = StateMachine::open(db.clone(), store.clone())?;
+        let log_store = db.log_store();
+        let contacts = Arc::new(PeerContacts::default());
+        let network = Network::new(tls.clone(), contacts.clone());
+        let config = openraft::Config {
+            cluster_name: "shoal".into(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: timing.election_min_ms,
+            election_timeout_max: timing.election_max_ms,
+            install_snapshot_timeout: 5_000,
+            // Snapshots are triggered by `snapshot_when_due`, following the
+            // cluster's setting, which can change at runtime.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            // Small chunks: a big snapshot goes over in many messages, none
+            // near gRPC's limits (moby/swarmkit#2374 broke on one message).
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Entries kept after a snapshot so that a slightly slow follower
+            // catches up from the log rather than a whole snapshot.
+            max_in_snapshot_log_to_keep: LOG_ENTRIES_FOR_SLOW_FOLLOWERS,
+            max_payload_entries: 256,
+            replication_lag_threshold: 5_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(raft_id, Arc::new(config), network, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (events, _) = broadcast::channel(256);
+        let runtime = Arc::new(ManagerRuntime {
+            node_id,
+            raft_id,
+            addr,
+            raft,
+            store,
+            contacts,
+            timing,
+            tls,
+            leader_clients: Mutex::new(HashMap::new()),
+            events,
+            dispatcher: arc_swap::ArcSwapOption::empty(),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(watch_leadership(runtime.clone(), leader_loops));
+        tokio::spawn(snapshot_when_due(runtime.clone(), snapshot_interval));
+        Ok(runtime)
+    }
+
+    /// Makes this manager the first and only member of a new cluster.
+    pub async fn initialize(&self) -> Result<(), String> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.raft_id,
+            RaftMember {
+                addr: self.addr.clone(),
+                node_id: self.node_id.clone(),
+            },
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until some manager leads (or `timeout` passes).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<RaftId> {
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = metrics.borrow().current_leader {
+                return Some(leader);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The dispatcher, while this manager leads.
+    pub fn dispatcher(&self) -> Option<Arc<super::dispatcher::Dispatcher>> {
+        self.dispatcher.load_full().filter(|d| !d.is_stopped())
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.raft_id)
+    }
+
+    /// The leader's raft id and member record, as this manager knows it.
+    pub fn leader(&self) -> Option<(RaftId, RaftMember)> {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, member))
+    }
+
+    /// All members (voters and learners) of the current membership.
+    pub fn members(&self) -> Vec<(RaftId, RaftMember, bool)> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| (*id, member.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// Voting managers this manager can reach now, itself included, and
+    /// how many voters there are.
+    pub fn reachable_voters(&self) -> (usize, usize) {
+        let window = Duration::from_millis(self.timing.election_max_ms * 3);
+        let members = self.members();
+        let voters: Vec<_> = members.iter().filter(|(_, _, voter)| *voter).collect();
+        let reachable = voters
+            .iter()
+            .filter(|(id, member, _)| {
+                *id == self.raft_id || self.contacts.recently(&member.node_id, window)
+            })
+            .count();
+        (reachable, voters.len())
+    }
+
+    /// Whether the leader (this node) has lost touch with a quorum: it has
+    /// not heard from a majority for several election timeouts.
+    fn leader_lost_quorum(&self, metrics: &RaftMetrics) -> bool {
+        let limit = self.timing.election_max_ms * 3;
+        metrics
+            .millis_since_quorum_ack
+            .is_some_and(|since| since > limit)
+    }
+
+    fn no_leader(&self) -> ProposeError {
+        let (reachable, total) = self.reachable_voters();
+        ProposeError::NoLeader { reachable, total }
+    }
+
+    /// Commits `tx`, forwarding it to the leader when this manager is not.
+    pub async fn propose(&self, tx: Transaction) -> Result<u64, ProposeError> {
+        if tx.is_empty() {
+            return Ok(0);
+        }
+        let mut last_error = self.no_leader();
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                // Leadership is moving; give the election a moment.
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 150)).await;
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(ProposeError::Shutdown);
+            }
+            let metrics = self.metrics();
+            let result = match metrics.current_leader {
+                None => return Err(self.no_leader()),
+                Some(leader) if leader == self.raft_id => {
+                    if self.leader_lost_quorum(&metrics) {
+                        return Err(self.no_leader());
+                    }
+                    self.propose_local(tx.clone()).await
+                }
+                Some(leader) => {
+                    let Some(member) = metrics.membership_config.membership().get_node(&leader)
+                    else {
+                        return Err(self.no_leader());
+                    };
+                    self.forward(&member.addr, &tx).await
+                }
+            };
+            match result {
+                Err(ProposeError::NotManager) | Err(ProposeError::Raft(_)) => {
+                    last_error = result.unwrap_err();
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Commits `tx` on this node's raft; fails with `NotManager` if this
+    /// node does not lead.
+    pub async fn propose_local(&self, tx: Transaction) -> Result<u64, ProposeError> {
+        propose_on(&self.raft, tx).await
+    }
+
+    /// A proposer for the leader's control loops.
+    pub fn local_proposer(&self) -> Proposer {
+        let raft = self.raft.clone();
+        Proposer::new(move |tx| {
+            let raft = raft.clone();
+            async move { propose_on(&raft, tx).await }
+        })
+    }
+
+    fn leader_client(&self, addr: &str) -> Result<RaftClient<Channel>, ProposeError> {
+        let mut clients = self.leader_clients.lock();
+        if let Some(client) = clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = shoal_proto::transport::connect_tls_lazy(
+            addr,
+            self.tls.client_config(),
+            shoal_proto::MANAGER_SERVER_NAME,
+        )
+        .map_err(|e| ProposeError::Raft(e.to_string()))?;
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    async fn forward(&self, leader_addr: &str, tx: &Transaction) -> Result<u64, ProposeError> {
+        let mut client = self.leader_client(leader_addr)?;
+        let transaction = network::encode(tx).map_err(|e| ProposeError::Raft(e.to_string()))?;
+        let call = client.propose(ProposeRequest { transaction });
+        let response = match tokio::time::timeout(WRITE_TIMEOUT, call).await {
+            Err(_) => return Err(ProposeError::Timeout),
+            Ok(Err(status)) => {
+                return Err(ProposeError::Raft(format!(
+                    "forwarding to the leader at {leader_addr}: {}",
+                    status.message()
+                )));
+            }
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        network::decode::<Result<u64, ProposeError>>(&response.result)
+            .map_err(|e| ProposeError::Raft(e.to_string()))?
+    }
+
+    /// Asks the leader to add this manager to raft as a voter. Retries on
+    /// the leader the contacted manager points to.
+    pub async fn join_raft(
+        tls: &Arc<NodeTls>,
+        manager_addrs: &[String],
+        raft_id: RaftId,
+        addr: &str,
+    ) -> Result<Vec<String>, String> {
+        let mut targets: Vec<String> = manager_addrs.to_vec();
+        let mut last_error = "no manager address known".to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut i = 0;
+        while tokio::time::Instant::now() < deadline {
+            let Some(target) = targets.get(i % targets.len().max(1)).cloned() else {
+                break;
+            };
+            i += 1;
+            let channel = shoal_proto::transport::connect_tls(
+                &target,
+                tls.client_config(),
+                shoal_proto::MANAGER_SERVER_NAME,
+            )
+            .await;
+            let result = match channel {
+                Ok(channel) => RaftClient::new(channel)
+                    .join_raft(JoinRaftRequest {
+                        raft_id,
+                        addr: addr.to_string(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().manager_addrs)
+                    .map_err(|status| {
+                        if let Some(leader) = status
+                            .metadata()
+                            .get(LEADER_ADDR_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            && !targets.iter().any(|t| t == leader)
+                        {
+                            targets.insert(0, leader.to_string());
+                            i = 0;
+                        }
+                        status.message().to_string()
+                    }),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(addrs) => return Ok(addrs),
+                Err(e) => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Asks the leader to remove `raft_id` from raft.
+    pub async fn leave_raft(&self, raft_id: RaftId) -> Result<(), String> {
+        for _ in 0..20 {
+            match self.leader() {
+                Some((leader, _)) if leader == self.raft_id => {
+                    return self.remove_member(raft_id).await;
+                }
+                Some((_, member)) => {
+                    let mut client = self
+                        .leader_client(&member.addr)
+                        .map_err(|e| e.to_string())?;
+                    match client.leave_raft(LeaveRaftRequest { raft_id }).await {
+                        Ok(_) => return Ok(()),
+                        Err(status) => {
+                            tracing::debug!(error = %status.message(), "leaving raft failed; retrying");
+                        }
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err("the leader did not confirm the removal from raft".into())
+    }
+
+    /// On the leader: adds a new manager as learner (waiting until it has
+    /// caught up, snapshot included), then as voter.
+    pub async fn add_member(&self, raft_id: RaftId, member: RaftMember) -> Result<(), String> {
+        let already_voter = self
+            .members()
+            .iter()
+            .any(|(id, _, voter)| *id == raft_id && *voter);
+        if already_voter {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(raft_id, member, true)
+            .await
+            .map_err(|e| format!("adding the manager to raft: {e}"))?;
+        let mut voters = BTreeSet::new();
+        voters.insert(raft_id);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| format!("making the manager a voter: {e}"))?;
+        Ok(())
+    }
+
+    /// On the leader: removes a member from raft entirely.
+    pub async fn remove_member(&self, raft_id: RaftId) -> Result<(), String> {
+        let is_member = self.members().iter().any(|(id, _, _)| *id == raft_id);
+        if !is_member {
+            return Ok(());
+        }
+        let mut ids = BTreeSet::new();
+        ids.insert(raft_id);
+        let is_voter = self
+            .members()
+            .iter()
+            .any(|(id, _, voter)| *id == raft_id && *voter);
+        if is_voter {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters(ids.clone()), false)
+                .await
+                .map_err(|e| format!("removing the manager from raft: {e}"))?;
+        }
+        let still_member = self.members().iter().any(|(id, _, _)| *id == raft_id);
+        if still_member {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(|e| format!("removing the manager from raft: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+/// Metadata key a follower sets on refusals, pointing at the leader.
+pub const LEADER_ADDR_HEADER: &str = "shoal-leader-addr";
+
+async fn propose_on(raft: &Raft, tx: Transaction) -> Result<u64, ProposeError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(tx)).await {
+        Err(_) => Err(ProposeError::Timeout),
+        Ok(Ok(response)) => response.data.map_err(ProposeError::Rejected),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(ProposeError::NotManager)
+        }
+        Ok(Err(e)) => Err(ProposeError::Raft(e.to_string())),
+    }
+}
+
+/// Follows raft's view of leadership: runs the control loops while this
+/// manager leads, and announces leader changes.
+async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoops) {
+    let mut metrics = runtime.raft.metrics();
+    let mut current_leader: Option<RaftId> = None;
+    let mut leading: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)> = None;
+    loop {
+        let snapshot = metrics.borrow().clone();
+        if snapshot.current_leader != current_leader {
+            let name = |id: Option<RaftId>| {
+                id.and_then(|id| {
+                    snapshot
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|m| m.node_id.clone())
+                })
+            };
+            let event = ClusterEvent::LeaderChanged {
+                old: name(current_leader),
+                new: name(snapshot.current_leader),
+                time: crate::ids::now_ms(),
+            };
+            tracing::info!(?event, "leader changed");
+            let _ = runtime.events.send(event);
+            current_leader = snapshot.current_leader;
+        }
+        let is_leader = snapshot.current_leader == Some(runtime.raft_id)
+            && snapshot.state == openraft::ServerState::Leader;
+        match (&leading, is_leader) {
+            (None, true) => {
+                let token = runtime.shutdown.child_token();
+                let ctx = LeaderContext {
+                    store: runtime.store.clone(),
+                    proposer: runtime.local_proposer(),
+                    shutdown: token.clone(),
+                };
+                tracing::info!("this manager is now the leader: starting control loops");
+                runtime
+                    .dispatcher
+                    .store(Some(super::dispatcher::Dispatcher::start(ctx.clone())));
+                let mut handles = leader_loops(ctx.clone());
+                handles.push(tokio::spawn(super::roles::manage_roles(
+                    runtime.clone(),
+                    ctx,
+                )));
+                leading = Some((token, handles));
+            }
+            (Some(_), false) => {
+                if let Some((token, handles)) = leading.take() {
+                    tracing::info!("leadership lost: stopping control loops");
+                    runtime.dispatcher.store(None);
+                    token.cancel();
+                    for handle in handles {
+                        handle.abort();
+                    }
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { break },
+            () = runtime.shutdown.cancelled() => break,
+        }
+    }
+    if let Some((token, handles)) = leading.take() {
+        token.cancel();
+        for handle in handles {
+            handle.abort();
+        }
+    }
+}
+
+/// Builds a snapshot whenever the cluster's snapshot interval of entries
+/// has been applied since the last one. Every manager snapshots its own
+/// log; the interval is read from the store so changes apply at once.
+async fn snapshot_when_due(runtime: Arc<ManagerRuntime>, default_interval: u64) {
+    let mut metrics = runtime.raft.metrics();
+    loop {
+        let (applied, snapshot) = {
+            let m = metrics.borrow();
+            (
+                m.last_applied.map_or(0, |l| l.index),
+                m.snapshot.map_or(0, |l| l.index),
+            )
+        };
+        let interval = runtime
+            .store
+            .read()
+            .cluster()
+            .map_or(default_interval, |c| c.spec.snapshot_interval)
+            .max(1);
+        if applied.saturating_sub(snapshot) >= interval {
+            if let Err(e) = runtime.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "triggering a snapshot failed");
+            }
+            // Wait for it to land before judging again.
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    if metrics.borrow().snapshot.map_or(0, |l| l.index) > snapshot {
+                        return;
+                    }
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            continue;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = runtime.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// A random non-zero raft id.
+pub fn new_raft_id() -> RaftId {
+    rand::thread_rng().gen_range(1..u64::MAX)
+}

@@ -1,0 +1,120 @@
+//! The listeners: the local unix socket (the `Control` service for local
+//! operators; file permissions are the authority) and the TLS port (every
+//! service, each method checking the caller's certificate).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use shoal_proto::v1::ca_server::CaServer;
+use shoal_proto::v1::control_server::ControlServer;
+use shoal_proto::v1::dispatcher_server::DispatcherServer;
+use shoal_proto::v1::raft_server::RaftServer;
+use tokio_util::sync::CancellationToken;
+
+use super::{Agent, NodeError};
+use crate::manager::ca_service::CaService;
+use crate::manager::control::ControlService;
+use crate::manager::dispatcher_service::DispatcherService;
+use crate::manager::raft_service::RaftService;
+use crate::pki::tls::NodeTls;
+use crate::raft::network::MAX_RAFT_MESSAGE;
+
+/// Largest message on the operator API: a full store copy is chunked, so
+/// this only bounds single requests and answers (a big `service ps`).
+const MAX_CONTROL_MESSAGE: usize = 64 * 1024 * 1024;
+
+fn control(agent: &Arc<Agent>) -> ControlServer<ControlService> {
+    ControlServer::new(ControlService {
+        agent: agent.clone(),
+    })
+    .max_decoding_message_size(MAX_CONTROL_MESSAGE)
+    .max_encoding_message_size(MAX_CONTROL_MESSAGE)
+}
+
+/// Serves the local control socket until `shutdown`.
+pub async fn serve_unix(
+    agent: Arc<Agent>,
+    path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("creating the socket directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        // A socket nobody answers on is a leftover from a crash.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(format!(
+                "another shoald is already listening on {}: stop it or use --socket",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| format!("removing the stale socket {}: {e}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("listening on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("restricting {}: {e}", path.display()))?;
+    tracing::info!(socket = %path.display(), "control socket ready");
+    let result = tonic::transport::Server::builder()
+        .add_service(control(&agent))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown.cancelled(),
+        )
+        .await
+        .map_err(|e| format!("control socket: {e}"));
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+/// Fails early, with a clear message, when `addr` cannot be listened on.
+pub async fn check_bindable(addr: &str) -> Result<(), NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(drop)
+        .map_err(|e| NodeError::Invalid(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Starts the TLS listener on `addr`; it runs until `shutdown`.
+pub async fn spawn_tcp(
+    agent: Arc<Agent>,
+    addr: &str,
+    tls: Arc<NodeTls>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "cluster port ready");
+    let incoming = crate::pki::tls::incoming(listener, tls.server_config());
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(control(&agent))
+        .add_service(
+            RaftServer::new(RaftService {
+                agent: agent.clone(),
+            })
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        )
+        .add_service(
+            DispatcherServer::new(DispatcherService {
+                agent: agent.clone(),
+            })
+            .max_decoding_message_size(MAX_CONTROL_MESSAGE)
+            .max_encoding_message_size(MAX_CONTROL_MESSAGE),
+        )
+        .add_service(CaServer::new(CaService { agent }));
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+            .await
+        {
+            tracing::error!(error = %e, "cluster port stopped");
+        }
+    });
+    Ok(())
+}

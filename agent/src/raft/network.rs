@@ -1,0 +1,227 @@
+//! Raft's client side: how a manager sends append-entries, votes and
+//! snapshot chunks to its peers, over the `Raft` gRPC service with mutual
+//! TLS. Payloads are openraft's own messages encoded with postcard; only
+//! this module and the raft service know that encoding.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shoal_proto::v1::RaftPayload;
+use shoal_proto::v1::raft_client::RaftClient;
+use tonic::transport::Channel;
+
+use super::types::{RaftId, RaftMember, TypeConfig};
+use crate::pki::tls::NodeTls;
+
+/// Raft messages can carry large batches; gRPC's default 4 MiB cap is too
+/// small for a batch of big transactions.
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_stdvec(value).map_err(|e| WireError(format!("encoding a raft message: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    postcard::from_bytes(bytes).map_err(|e| WireError(format!("decoding a raft message: {e}")))
+}
+
+/// When this manager last heard from each peer (either direction), by node
+/// id: how "N of M managers reachable" is counted.
+#[derive(Default)]
+pub struct PeerContacts {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl PeerContacts {
+    pub fn saw(&self, node_id: &str) {
+        self.last.lock().insert(node_id.to_string(), Instant::now());
+    }
+
+    /// Whether `node_id` was heard from within `window`.
+    pub fn recently(&self, node_id: &str, window: Duration) -> bool {
+        self.last
+            .lock()
+            .get(node_id)
+            .is_some_and(|t| t.elapsed() <= window)
+    }
+}
+
+/// Makes a connection per peer; channels reconnect by themselves.
+#[derive(Clone)]
+pub struct Network {
+    tls: Arc<NodeTls>,
+    contacts: Arc<PeerContacts>,
+}
+
+impl Network {
+    pub fn new(tls: Arc<NodeTls>, contacts: Arc<PeerContacts>) -> Self {
+        Network { tls, contacts }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: RaftId, node: &RaftMember) -> PeerConnection {
+        let channel = shoal_proto::transport::connect_tls_lazy(
+            &node.addr,
+            self.tls.client_config(),
+            shoal_proto::MANAGER_SERVER_NAME,
+        );
+        PeerConnection {
+            target,
+            member: node.clone(),
+            client: channel.ok().map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
+            }),
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: RaftId,
+    member: RaftMember,
+    /// None when the address does not parse; every call then fails as
+    /// unreachable, which raft handles by backing off.
+    client: Option<RaftClient<Channel>>,
+    contacts: Arc<PeerContacts>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<RaftId, RaftMember, RaftError<RaftId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            let error = WireError(format!(
+                "invalid address {:?} for manager",
+                self.member.addr
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&error)));
+        };
+        let data = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = RaftPayload { data };
+        let ttl = option.hard_ttl();
+        let future = async {
+            match method {
+                Method::Append => client.append_entries(payload).await,
+                Method::Vote => client.vote(payload).await,
+                Method::Snapshot => client.install_snapshot(payload).await,
+            }
+        };
+        let response = match tokio::time::timeout(ttl, future).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(status_to_rpc_error(&status)),
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action: method.action(),
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }));
+            }
+        };
+        self.contacts.saw(&self.member.node_id);
+        let result: Result<Resp, RaftError<RaftId, E>> =
+            decode(&response.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Method {
+    fn action(self) -> openraft::RPCTypes {
+        match self {
+            Method::Append => openraft::RPCTypes::AppendEntries,
+            Method::Vote => openraft::RPCTypes::Vote,
+            Method::Snapshot => openraft::RPCTypes::InstallSnapshot,
+        }
+    }
+}
+
+/// A peer that cannot be connected to is unreachable (raft backs off); any
+/// other failure is a plain network error (raft retries).
+fn status_to_rpc_error<E: std::error::Error>(
+    status: &tonic::Status,
+) -> RPCError<RaftId, RaftMember, RaftError<RaftId, E>> {
+    let error = WireError(format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated
+        | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&error)),
+        _ => RPCError::Network(NetworkError::new(&error)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<RaftId>, openraft::error::Infallible> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<RaftId>, InstallSnapshotError> {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<RaftId>, openraft::error::Infallible> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // A dead peer is retried often enough that it rejoins quickly once
+        // back, rarely enough not to spin.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

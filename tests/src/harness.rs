@@ -1,0 +1,494 @@
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// Which runtime the agents use for tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    Docker,
+    Process,
+    Sim,
+}
+
+impl Executor {
+    fn flag(self) -> &'static str {
+        match self {
+            Executor::Docker => "docker",
+            Executor::Process => "process",
+            Executor::Sim => "sim",
+        }
+    }
+}
+
+/// Where the binaries under test are, built once per test process.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("SHOAL_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        // Test executables live in <target>/<profile>/deps.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| {
+                if deps.file_name().is_some_and(|n| n == "deps") {
+                    deps.parent()
+                } else {
+                    Some(deps)
+                }
+            })
+            .expect("test executable directory")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "shoal-agent",
+            "-p",
+            "shoal-tui",
+            "--bins",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the binaries under test");
+        assert!(status.success(), "building shoald and shoal failed");
+        profile_dir
+    })
+}
+
+pub fn shoald_path() -> PathBuf {
+    bin_dir().join("shoald")
+}
+
+pub fn shoal_path() -> PathBuf {
+    bin_dir().join("shoal")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// One `shoald` process and its data.
+pub struct Agent {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub addr: String,
+    pub log: PathBuf,
+    pub executor: Executor,
+    child: Option<Child>,
+    pub node_id: String,
+}
+
+impl Agent {
+    pub fn new(root: &Path, name: &str, executor: Executor) -> Agent {
+        let dir = root.join(name);
+        Agent {
+            name: name.to_string(),
+            data_dir: dir.join("data"),
+            socket: dir.join("shoald.sock"),
+            addr: format!("127.0.0.1:{}", free_port()),
+            log: dir.join("shoald.log"),
+            executor,
+            child: None,
+            node_id: String::new(),
+        }
+    }
+
+    /// Starts the agent and waits until its socket answers.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.data_dir.parent().unwrap_or(&self.data_dir))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(shoald_path())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--hostname", &self.name, "--executor", self.executor.flag()])
+            .env(
+                "SHOALD_LOG",
+                std::env::var("SHOALD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting shoald for {}", self.name))?;
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), || {
+            Ok(self.shoal(&["info", "--format", "json"])?.status.success())
+        })
+        .with_context(|| format!("{} did not start; log:\n{}", self.name, self.log_tail()))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no chance to clean up, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{} is not running", self.name);
+        };
+        // The pid is our own child's.
+        unsafe_kill(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not stop within 20s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `shoal --socket <this agent> ARGS`.
+    pub fn shoal(&self, args: &[&str]) -> Result<Output> {
+        Command::new(shoal_path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running shoal {}", args.join(" ")))
+    }
+
+    /// Runs `shoal`, failing with its stderr when it fails.
+    pub fn shoal_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.shoal(args)?;
+        if !out.status.success() {
+            bail!(
+                "shoal {} on {} failed: {}{}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `shoal ARGS --format json`, parsed.
+    pub fn shoal_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let text = self.shoal_ok(&all)?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
+    }
+
+    pub async fn control(&self) -> Result<ControlClient<Channel>> {
+        let channel = shoal_proto::transport::connect_unix(&self.socket).await?;
+        Ok(ControlClient::new(channel))
+    }
+
+    pub async fn info(&self) -> Result<pb::InfoResponse> {
+        Ok(self
+            .control()
+            .await?
+            .info(pb::InfoRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid of a child this process spawned.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Retries `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() > deadline {
+            return Err(match last_error {
+                Some(e) => anyhow!("timed out after {timeout:?}; last error: {e:#}"),
+                None => anyhow!("timed out after {timeout:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A cluster of agents in one temporary directory.
+pub struct Cluster {
+    pub agents: Vec<Agent>,
+    pub executor: Executor,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `managers` managers and `workers` workers and waits until
+    /// every node is ready.
+    pub fn start(managers: usize, workers: usize, executor: Executor) -> Result<Cluster> {
+        let mut cluster = Cluster::empty(executor)?;
+        for i in 1..=managers {
+            cluster.add(&format!("m{i}"))?;
+        }
+        for i in 1..=workers {
+            cluster.add(&format!("w{i}"))?;
+        }
+        let first = &cluster.agents[0];
+        first.shoal_ok(&["swarm", "init", "--advertise-addr", &first.addr])?;
+        let manager_token = first.shoal_ok(&["swarm", "join-token", "-q", "manager"])?;
+        let worker_token = first.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
+        let leader_addr = first.addr.clone();
+        for (i, agent) in cluster.agents.iter().enumerate().skip(1) {
+            let token = if i < managers {
+                manager_token.trim()
+            } else {
+                worker_token.trim()
+            };
+            agent.shoal_ok(&[
+                "swarm",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                &agent.addr,
+                &leader_addr,
+            ])?;
+        }
+        cluster.learn_node_ids()?;
+        cluster.wait_ready(managers + workers)?;
+        Ok(cluster)
+    }
+
+    /// Agents created but not started or joined.
+    pub fn empty(executor: Executor) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
+        Ok(Cluster {
+            agents: Vec::new(),
+            executor,
+            dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates and starts an agent (not joined).
+    pub fn add(&mut self, name: &str) -> Result<&mut Agent> {
+        let mut agent = Agent::new(self.dir.path(), name, self.executor);
+        agent.start()?;
+        self.agents.push(agent);
+        Ok(self.agents.last_mut().expect("just pushed"))
+    }
+
+    pub fn agent(&self, name: &str) -> &Agent {
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"))
+    }
+
+    pub fn agent_mut(&mut self, name: &str) -> &mut Agent {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent named {name}"))
+    }
+
+    pub fn learn_node_ids(&mut self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        for agent in &mut self.agents {
+            if agent.is_running() {
+                let info = rt.block_on(agent.info())?;
+                agent.node_id = info.node_id;
+            }
+        }
+        Ok(())
+    }
+
+    /// A running manager's agent, other than those named in `except`.
+    pub fn a_manager(&self, except: &[&str]) -> &Agent {
+        self.agents
+            .iter()
+            .find(|a| {
+                a.is_running() && a.name.starts_with('m') && !except.contains(&a.name.as_str())
+            })
+            .expect("a running manager")
+    }
+
+    /// `node ls --format json` from a running manager.
+    pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
+        let value = self.a_manager(&[]).shoal_json(&["node", "ls"])?;
+        Ok(value.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until `count` nodes report ready.
+    pub fn wait_ready(&self, count: usize) -> Result<()> {
+        wait_until(Duration::from_secs(60), || {
+            let ready = self
+                .nodes()?
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .count();
+            Ok(ready >= count)
+        })
+        .with_context(|| format!("waiting for {count} ready nodes"))
+    }
+
+    /// The name of the agent that leads, as a manager reports it.
+    pub fn leader(&self) -> Result<String> {
+        let nodes = self.nodes()?;
+        nodes
+            .iter()
+            .find(|n| n["manager_status"] == "leader")
+            .and_then(|n| n["hostname"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no leader in node ls"))
+    }
+
+    /// Removes task containers the cluster's agents may have left.
+    fn remove_containers(&self) {
+        if self.executor != Executor::Docker {
+            return;
+        }
+        for agent in &self.agents {
+            if agent.node_id.is_empty() {
+                continue;
+            }
+            let filter = format!("label=com.shoal.node.id={}", agent.node_id);
+            let Ok(out) = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+            else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
+    /// Prints every agent's log tail (for failing tests).
+    pub fn dump_logs(&self) {
+        for agent in &self.agents {
+            eprintln!(
+                "===== {} ({}) =====\n{}",
+                agent.name,
+                agent.addr,
+                agent.log_tail()
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for agent in &mut self.agents {
+            agent.kill9();
+        }
+        self.remove_containers();
+        if std::env::var_os("SHOAL_KEEP_TEST_DIRS").is_some() {
+            let path = self.dir.path().to_path_buf();
+            eprintln!("keeping {}", path.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::Builder::new().tempdir().expect("temp dir"),
+            ));
+        }
+    }
+}
+
+/// Builds the test images (idempotent).
+pub fn build_test_images() -> Result<()> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
+            let out = Command::new("bash")
+                .arg(script)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "tests/images/build.sh failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}

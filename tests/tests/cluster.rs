@@ -1,0 +1,316 @@
+//! Forming, keeping and recovering a cluster: real `shoald` processes on
+//! loopback, driven through the `shoal` CLI.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shoal_tests::{Cluster, Executor, wait_until};
+
+fn hostnames(nodes: &[serde_json::Value]) -> Vec<String> {
+    let mut names: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n["hostname"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn three_managers_and_two_workers_form_and_every_manager_agrees() -> Result<()> {
+    let cluster = Cluster::start(3, 2, Executor::Sim)?;
+    let mut views = Vec::new();
+    for name in ["m1", "m2", "m3"] {
+        let nodes = cluster.agent(name).shoal_json(&["node", "ls"])?;
+        let nodes = nodes.as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            hostnames(&nodes),
+            ["m1", "m2", "m3", "w1", "w2"],
+            "seen from {name}"
+        );
+        let managers = nodes.iter().filter(|n| n["role"] == "manager").count();
+        assert_eq!(managers, 3, "seen from {name}: {nodes:?}");
+        let leaders = nodes
+            .iter()
+            .filter(|n| n["manager_status"] == "leader")
+            .count();
+        assert_eq!(leaders, 1, "seen from {name}");
+        for node in &nodes {
+            assert_eq!(node["status"], "ready");
+            assert_eq!(node["availability"], "active");
+        }
+        views.push(
+            nodes
+                .iter()
+                .map(|n| (n["id"].clone(), n["role"].clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(views.windows(2).all(|w| w[0] == w[1]));
+    // The table marks the local node and names the leader.
+    let table = cluster.agent("m2").shoal_ok(&["node", "ls"])?;
+    assert!(
+        table.contains("HOSTNAME") && table.contains("MANAGER STATUS"),
+        "{table}"
+    );
+    assert!(table.contains("Leader"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains(" *") && l.contains("m2")),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn killing_the_leader_keeps_the_cluster_writable_and_loses_nothing() -> Result<()> {
+    let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
+    cluster
+        .agent("m1")
+        .shoal_ok(&["node", "update", "--label-add", "zone=a", "m2"])?;
+    let leader = cluster.leader()?;
+    cluster.agent_mut(&leader).kill9();
+
+    // A write through a survivor succeeds within 2 s.
+    let survivor = cluster.a_manager(&[&leader]).name.clone();
+    let started = Instant::now();
+    wait_until(Duration::from_secs(2), || {
+        Ok(cluster
+            .agent(&survivor)
+            .shoal(&["node", "update", "--label-add", "after=kill", "m2"])?
+            .status
+            .success())
+    })?;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "write accepted after {took:?}"
+    );
+
+    // The killed manager comes back from its data directory.
+    cluster.agent_mut(&leader).start()?;
+    wait_until(Duration::from_secs(20), || {
+        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
+        Ok(nodes.as_array().into_iter().flatten().any(|n| {
+            n["hostname"] == leader.as_str()
+                && (n["manager_status"] == "reachable" || n["manager_status"] == "leader")
+        }))
+    })?;
+    // It has what was written before and while it was down.
+    wait_until(Duration::from_secs(10), || {
+        let node = cluster
+            .agent(&leader)
+            .shoal_json(&["node", "inspect", "m2"])?;
+        let labels = &node[0]["spec"]["labels"];
+        Ok(labels["zone"] == "a" && labels["after"] == "kill")
+    })?;
+    Ok(())
+}
+
+#[test]
+fn stopping_and_restarting_every_manager_keeps_nodes_labels_and_availability() -> Result<()> {
+    let mut cluster = Cluster::start(3, 1, Executor::Sim)?;
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&["node", "update", "--label-add", "disk=ssd", "w1"])?;
+    m1.shoal_ok(&["node", "update", "--availability", "drain", "m3"])?;
+    for name in ["m1", "m2", "m3"] {
+        cluster.agent_mut(name).stop()?;
+    }
+    for name in ["m1", "m2", "m3"] {
+        cluster.agent_mut(name).start()?;
+    }
+    cluster.wait_ready(4)?;
+    let nodes = cluster.nodes()?;
+    assert_eq!(hostnames(&nodes), ["m1", "m2", "m3", "w1"]);
+    let w1 = nodes.iter().find(|n| n["hostname"] == "w1").expect("w1");
+    assert_eq!(w1["labels"]["disk"], "ssd");
+    let m3 = nodes.iter().find(|n| n["hostname"] == "m3").expect("m3");
+    assert_eq!(m3["availability"], "drain");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "manager").count(), 3);
+    Ok(())
+}
+
+#[test]
+fn wrong_and_rotated_tokens_are_refused_with_clear_messages() -> Result<()> {
+    let mut cluster = Cluster::start(1, 0, Executor::Sim)?;
+    let manager_addr = cluster.agent("m1").addr.clone();
+    let token = cluster
+        .agent("m1")
+        .shoal_ok(&["swarm", "join-token", "-q", "worker"])?
+        .trim()
+        .to_string();
+    let joiner = cluster.add("j1")?;
+    let join = |joiner: &shoal_tests::Agent, token: &str| -> Result<String> {
+        let out = joiner.shoal(&[
+            "swarm",
+            "join",
+            "--token",
+            token,
+            "--advertise-addr",
+            &joiner.addr,
+            &manager_addr,
+        ])?;
+        assert!(!out.status.success(), "join with {token} should fail");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    // Right CA, wrong secret.
+    let (prefix, _) = token.rsplit_once('-').expect("token shape");
+    let wrong_secret = format!("{prefix}-{}", "0".repeat(25));
+    let err = join(joiner, &wrong_secret)?;
+    assert!(err.contains("join token is not valid"), "{err}");
+
+    // A digest of another CA.
+    let parts: Vec<&str> = token.split('-').collect();
+    let wrong_digest = format!("SWMTKN-1-{}-{}", "1".repeat(50), parts[3]);
+    let err = join(joiner, &wrong_digest)?;
+    assert!(err.contains("does not match the token"), "{err}");
+
+    // Not a token at all.
+    let err = join(joiner, "SWMTKN-2-nonsense")?;
+    assert!(err.contains("invalid join token"), "{err}");
+
+    // A rotated-out token.
+    cluster
+        .agent("m1")
+        .shoal_ok(&["swarm", "join-token", "--rotate", "worker"])?;
+    let joiner = cluster.agent("j1");
+    let err = join(joiner, &token)?;
+    assert!(err.contains("join token is not valid"), "{err}");
+    // The node is still inactive and can join with the new token.
+    let fresh = cluster
+        .agent("m1")
+        .shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
+    joiner.shoal_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        fresh.trim(),
+        "--advertise-addr",
+        &joiner.addr,
+        &manager_addr,
+    ])?;
+    cluster.wait_ready(2)?;
+    Ok(())
+}
+
+#[test]
+fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<()> {
+    let mut cluster = Cluster::start(1, 1, Executor::Sim)?;
+    // The last manager cannot be demoted.
+    let out = cluster.agent("m1").shoal(&["node", "demote", "m1"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("last manager"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(cluster);
+
+    let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
+    cluster
+        .agent("m1")
+        .shoal_ok(&["node", "update", "--label-add", "keep=me", "m1"])?;
+    // With one manager already gone, leaving would break quorum.
+    cluster.agent_mut("m3").kill9();
+    wait_until(Duration::from_secs(10), || {
+        let nodes = cluster.a_manager(&["m3"]).shoal_json(&["node", "ls"])?;
+        Ok(nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["hostname"] == "m3" && n["manager_status"] == "unreachable"))
+    })?;
+    let out = cluster.agent("m2").shoal(&["swarm", "leave"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quorum") && err.contains("--force"), "{err}");
+
+    // Lose quorum: writes fail fast with the explanation, reads still answer.
+    cluster.agent_mut("m2").kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let out = cluster
+        .agent("m1")
+        .shoal(&["node", "update", "--label-add", "x=y", "m1"])?;
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the cluster has no leader: 1 of 3 managers reachable"),
+        "{err}"
+    );
+    assert!(err.contains("--force-new-cluster"), "{err}");
+    let read = cluster.agent("m1").shoal(&["node", "ls"])?;
+    assert!(read.status.success());
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+
+    // Force a new cluster on the survivor: writable again, data kept.
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &m1.addr,
+    ])?;
+    wait_until(Duration::from_secs(10), || {
+        Ok(m1
+            .shoal(&["node", "update", "--label-add", "after=recovery", "m1"])?
+            .status
+            .success())
+    })?;
+    let node = m1.shoal_json(&["node", "inspect", "m1"])?;
+    assert_eq!(node[0]["spec"]["labels"]["keep"], "me");
+    assert_eq!(node[0]["spec"]["labels"]["after"], "recovery");
+    Ok(())
+}
+
+#[test]
+fn a_snapshot_larger_than_4_mib_reaches_a_late_manager() -> Result<()> {
+    let mut cluster = Cluster::start(1, 0, Executor::Sim)?;
+    // Services with large labels and no replicas: store content only.
+    let big = "x".repeat(60_000);
+    let label = format!("blob={big}");
+    for i in 0..90 {
+        cluster.agent("m1").shoal_ok(&[
+            "service",
+            "create",
+            "-d",
+            "-q",
+            "--replicas",
+            "0",
+            "--name",
+            &format!("filler{i}"),
+            "--label",
+            &label,
+            "shoal-test/busybox:1",
+        ])?;
+    }
+    let token = cluster
+        .agent("m1")
+        .shoal_ok(&["swarm", "join-token", "-q", "manager"])?;
+    let addr = cluster.agent("m1").addr.clone();
+    let late = cluster.add("m2")?;
+    late.shoal_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        "--advertise-addr",
+        &late.addr,
+        &addr,
+    ])?;
+    let late = cluster.agent("m2");
+    wait_until(Duration::from_secs(30), || {
+        let services = late.shoal_json(&["service", "ls"])?;
+        Ok(services.as_array().map_or(0, Vec::len) == 90)
+    })?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The command line: argument parsing, the connection to a node, and
+//! error reporting. Each command group lives in its own module.
+
+pub mod info;
+mod node;
+pub mod output;
+mod service;
+mod swarm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_proto::transport::{self, OperatorCredentials};
+use shoal_proto::v1::control_client::ControlClient;
+use tonic::transport::Channel;
+
+/// The agent's socket when none is given; `shoald` listens there by
+/// default.
+pub const DEFAULT_SOCKET: &str = "/var/run/shoal/shoald.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: a container orchestrator and its console"
+)]
+pub struct Cli {
+    /// The local agent's control socket.
+    #[arg(long, global = true, env = "SHOAL_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Reach a manager over TCP (HOST:PORT) with operator credentials
+    /// instead of the local socket.
+    #[arg(long, global = true, env = "SHOAL_HOST")]
+    host: Option<String>,
+    /// Directory holding the operator credentials (cert.pem, key.pem,
+    /// ca.pem) used with --host.
+    #[arg(long, global = true, env = "SHOAL_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// With no command, the interactive console opens.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show this node's state and the cluster's.
+    Info(info::InfoArgs),
+    /// Create, join, leave and configure the swarm.
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCommand),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+}
+
+/// Where the CLI connects.
+pub struct Target {
+    pub socket: PathBuf,
+    pub host: Option<String>,
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        match &self.host {
+            Some(host) => host.clone(),
+            None => self.socket.display().to_string(),
+        }
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<ControlClient<Channel>> {
+        let channel = match &self.host {
+            Some(host) => {
+                let dir = self.tls_dir.clone().unwrap_or_else(default_tls_dir);
+                let creds = OperatorCredentials::load(&dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}; get credentials on a manager with 'shoal swarm ca operator-cert \
+                         --out {}' and copy them here",
+                        dir.display()
+                    )
+                })?;
+                transport::connect_tls(host, creds.tls, shoal_proto::MANAGER_SERVER_NAME)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}; is a manager listening at {host}?"))?
+            }
+            None => transport::connect_unix(&self.socket).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot reach the Shoal agent at {}: is shoald running? Start it, or point \
+                     --socket (SHOAL_SOCKET) at its socket",
+                    self.socket.display()
+                )
+            })?,
+        };
+        Ok(ControlClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+    }
+}
+
+fn default_tls_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".shoal")
+        .join("tls")
+}
+
+/// Turns a gRPC status into the error the operator reads: the server's
+/// message already names the object and the fix.
+pub fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable if status.message().contains("transport") => anyhow::anyhow!(
+            "lost the connection to {}: {}",
+            target.describe(),
+            status.message()
+        ),
+        Code::Unimplemented if status.message().is_empty() => {
+            anyhow::anyhow!("{} does not support this operation", target.describe())
+        }
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = Target {
+        socket: cli.socket,
+        host: cli.host,
+        tls_dir: cli.tls_dir,
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => crate::console::run(&target).await,
+            Some(Command::Info(args)) => info::run(&target, args).await,
+            Some(Command::Swarm(command)) => swarm::run(&target, command).await,
+            Some(Command::Node(command)) => node::run(&target, command).await,
+            Some(Command::Service(command)) => service::run(&target, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! `shoal node ...`.
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use shoal_proto::v1 as pb;
+
+use super::output::{
+    Format, Table, ago, availability_name, capitalize, key_value, manager_status_name,
+    node_state_name, print_json, role_name, short, warn_if_stale,
+};
+use super::{Target, rpc_error};
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List the swarm's nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only ids.
+        #[arg(long, short)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show nodes in detail (JSON unless --pretty).
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability or labels.
+    Update(UpdateArgs),
+    /// Make workers managers.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the swarm.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node that is not down (it is cut off at once).
+        #[arg(long, short)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// List the tasks on a node.
+    Ps {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Do not truncate ids and errors.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[arg(long, value_parser = ["active", "pause", "drain"])]
+    availability: Option<String>,
+    /// Add or change a label (KEY=VALUE); repeatable.
+    #[arg(long = "label-add")]
+    label_add: Vec<String>,
+    /// Remove a label; repeatable.
+    #[arg(long = "label-rm")]
+    label_rm: Vec<String>,
+    node: String,
+}
+
+pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
+    let mut client = target.connect().await?;
+    let rpc = |s| rpc_error(target, s);
+    match command {
+        NodeCommand::Ls { quiet, format } => {
+            let local = client
+                .info(pb::InfoRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .node_id;
+            let response = client
+                .list_nodes(pb::ListNodesRequest::default())
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            let nodes = response.nodes;
+            if quiet {
+                for node in &nodes {
+                    println!("{}", id_of(node));
+                }
+                return Ok(());
+            }
+            match format {
+                Format::Json => {
+                    print_json(&Value::Array(nodes.iter().map(node_summary).collect()))?
+                }
+                Format::Table => {
+                    let mut table = Table::new(&[
+                        "ID",
+                        "HOSTNAME",
+                        "STATUS",
+                        "AVAILABILITY",
+                        "MANAGER STATUS",
+                        "AGENT VERSION",
+                    ]);
+                    for node in &nodes {
+                        let id = id_of(node);
+                        let marker = if id == local { " *" } else { "" };
+                        let description = node.description.clone().unwrap_or_default();
+                        table.row(vec![
+                            format!("{id}{marker}"),
+                            description.hostname,
+                            capitalize(node_state_name(status_of(node).state)),
+                            capitalize(availability_name(spec_of(node).availability)),
+                            manager_status_name(node)
+                                .map(capitalize)
+                                .unwrap_or_default(),
+                            description.agent_version,
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+        }
+        NodeCommand::Inspect { pretty, nodes } => {
+            let response = client
+                .list_nodes(pb::ListNodesRequest { names: nodes })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            if pretty {
+                for node in &response.nodes {
+                    print_pretty(node);
+                }
+            } else {
+                print_json(&Value::Array(
+                    response.nodes.iter().map(node_detail).collect(),
+                ))?;
+            }
+        }
+        NodeCommand::Update(args) => {
+            let node = find(&mut client, target, &args.node).await?;
+            let mut spec = spec_of(&node);
+            if let Some(availability) = &args.availability {
+                spec.availability = match availability.as_str() {
+                    "pause" => pb::NodeAvailability::Pause,
+                    "drain" => pb::NodeAvailability::Drain,
+                    _ => pb::NodeAvailability::Active,
+                } as i32;
+            }
+            for label in &args.label_add {
+                let (k, v) = key_value(label);
+                if k.is_empty() {
+                    anyhow::bail!("invalid label {label:?}: use KEY=VALUE");
+                }
+                spec.labels.insert(k, v);
+            }
+            for key in &args.label_rm {
+                if spec.labels.remove(key).is_none() {
+                    anyhow::bail!(
+                        "node {} has no label {key:?}; its labels are: {}",
+                        hostname_of(&node),
+                        spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            update(&mut client, target, &node, spec).await?;
+            println!("{}", id_of(&node));
+        }
+        NodeCommand::Promote { nodes } => {
+            for name in nodes {
+                let node = find(&mut client, target, &name).await?;
+                if role_name(node.role) == "manager" {
+                    println!("Node {} is already a manager.", hostname_of(&node));
+                    continue;
+                }
+                let mut spec = spec_of(&node);
+                spec.desired_role = pb::NodeRole::Manager as i32;
+                update(&mut client, target, &node, spec).await?;
+                println!(
+                    "Node {} promoted to a manager in the swarm.",
+                    hostname_of(&node)
+                );
+            }
+        }
+        NodeCommand::Demote { nodes } => {
+            for name in nodes {
+                let node = find(&mut client, target, &name).await?;
+                if role_name(node.role) == "worker"
+                    && role_name(spec_of(&node).desired_role) == "worker"
+                {
+                    println!("Node {} is already a worker.", hostname_of(&node));
+                    continue;
+                }
+                let mut spec = spec_of(&node);
+                spec.desired_role = pb::NodeRole::Worker as i32;
+                update(&mut client, target, &node, spec).await?;
+                println!("Manager {} demoted in the swarm.", hostname_of(&node));
+            }
+        }
+        NodeCommand::Rm { force, nodes } => {
+            for name in nodes {
+                client
+                    .remove_node(pb::RemoveNodeRequest {
+                        node: name.clone(),
+                        force,
+                    })
+                    .await
+                    .map_err(rpc)?;
+                println!("{name}");
+            }
+        }
+        NodeCommand::Ps {
+            format,
+            no_trunc,
+            nodes,
+        } => {
+            let response = client
+                .list_tasks(pb::ListTasksRequest {
+                    nodes,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            super::service::print_tasks(response.tasks, format, no_trunc)?;
+        }
+    }
+    Ok(())
+}
+
+async fn find(
+    client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    target: &Target,
+    name: &str,
+) -> anyhow::Result<pb::Node> {
+    client
+        .list_nodes(pb::ListNodesRequest {
+            names: vec![name.to_string()],
+        })
+        .await
+        .map_err(|s| rpc_error(target, s))?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no such node: {name}"))
+}
+
+async fn update(
+    client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    target: &Target,
+    node: &pb::Node,
+    spec: pb::NodeSpec,
+) -> anyhow::Result<()> {
+    client
+        .update_node(pb::UpdateNodeRequest {
+            node: id_of(node).to_string(),
+            version: node.meta.as_ref().map(|m| m.version).unwrap_or(0),
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|s| rpc_error(target, s))?;
+    Ok(())
+}
+
+fn id_of(node: &pb::Node) -> &str {
+    node.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")
+}
+
+fn hostname_of(node: &pb::Node) -> String {
+    node.description
+        .as_ref()
+        .map(|d| d.hostname.clone())
+        .unwrap_or_default()
+}
+
+fn spec_of(node: &pb::Node) -> pb::NodeSpec {
+    node.spec.clone().unwrap_or_default()
+}
+
+fn status_of(node: &pb::Node) -> pb::NodeStatus {
+    node.status.clone().unwrap_or_default()
+}
+
+/// The shape of `node ls --format json`.
+fn node_summary(node: &pb::Node) -> Value {
+    let description = node.description.clone().unwrap_or_default();
+    json!({
+        "id": id_of(node),
+        "hostname": description.hostname,
+        "role": role_name(node.role),
+        "status": node_state_name(status_of(node).state),
+        "availability": availability_name(spec_of(node).availability),
+        "manager_status": manager_status_name(node),
+        "addr": status_of(node).addr,
+        "labels": spec_of(node).labels,
+        "agent_version": description.agent_version,
+    })
+}
+
+/// The shape of `node inspect`.
+fn node_detail(node: &pb::Node) -> Value {
+    let meta = node.meta.clone().unwrap_or_default();
+    let spec = spec_of(node);
+    let description = node.description.clone().unwrap_or_default();
+    let resources = description.resources.unwrap_or_default();
+    let status = status_of(node);
+    json!({
+        "id": meta.id,
+        "version": meta.version,
+        "created_at_ms": meta.created_at_ms,
+        "updated_at_ms": meta.updated_at_ms,
+        "spec": {
+            "role": role_name(spec.desired_role),
+            "availability": availability_name(spec.availability),
+            "labels": spec.labels,
+        },
+        "role": role_name(node.role),
+        "description": {
+            "hostname": description.hostname,
+            "os": description.platform_os,
+            "arch": description.platform_arch,
+            "nano_cpus": resources.nano_cpus,
+            "memory_bytes": resources.memory_bytes,
+            "engine_labels": description.engine_labels,
+            "agent_version": description.agent_version,
+            "executor": description.executor,
+        },
+        "status": {
+            "state": node_state_name(status.state),
+            "message": status.message,
+            "addr": status.addr,
+            "timestamp_ms": status.timestamp_ms,
+        },
+        "manager_status": node.manager_status.as_ref().filter(|_| role_name(node.role) == "manager").map(|m| json!({
+            "raft_id": m.raft_id,
+            "addr": m.addr,
+            "leader": m.leader,
+            "reachability": manager_status_name(node),
+            "locked": m.locked,
+        })),
+    })
+}
+
+fn print_pretty(node: &pb::Node) {
+    let meta = node.meta.clone().unwrap_or_default();
+    let spec = spec_of(node);
+    let description = node.description.clone().unwrap_or_default();
+    let resources = description.resources.unwrap_or_default();
+    let status = status_of(node);
+    println!("ID:\t\t\t{}", meta.id);
+    println!("Hostname:\t\t{}", description.hostname);
+    println!("Joined at:\t\t{}", ago(meta.created_at_ms));
+    println!("Status:");
+    println!(" State:\t\t\t{}", capitalize(node_state_name(status.state)));
+    if !status.message.is_empty() {
+        println!(" Message:\t\t{}", status.message);
+    }
+    println!(
+        " Availability:\t\t{}",
+        capitalize(availability_name(spec.availability))
+    );
+    println!(" Address:\t\t{}", status.addr);
+    if let Some(manager) = manager_status_name(node) {
+        println!("Manager Status:");
+        if let Some(m) = &node.manager_status {
+            println!(" Address:\t\t{}", m.addr);
+        }
+        println!(" Raft Status:\t\t{}", capitalize(manager));
+    }
+    if !spec.labels.is_empty() {
+        println!("Labels:");
+        for (k, v) in &spec.labels {
+            println!(" - {k}={v}");
+        }
+    }
+    println!("Platform:");
+    println!(" Operating System:\t{}", description.platform_os);
+    println!(" Architecture:\t\t{}", description.platform_arch);
+    println!("Resources:");
+    println!(" CPUs:\t\t\t{}", resources.nano_cpus as f64 / 1e9);
+    println!(
+        " Memory:\t\t{:.1} GiB",
+        resources.memory_bytes as f64 / (1u64 << 30) as f64
+    );
+    println!("Executor:\t\t{}", description.executor);
+    println!("Agent Version:\t\t{}", description.agent_version);
+    println!("Short ID:\t\t{}", short(&meta.id));
+    println!();
+}

@@ -1,0 +1,1057 @@
+//! `shoal service ...`: create, inspect, scale, update, roll back and
+//! remove services, and follow them until they converge.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::control_client::ControlClient;
+use tonic::transport::Channel;
+
+use super::output::{
+    Format, Table, ago, key_value, parse_duration, print_json, short, task_state_name,
+    update_state_name, warn_if_stale,
+};
+use super::{Target, rpc_error};
+
+type Client = ControlClient<Channel>;
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service.
+    Create(Box<CreateArgs>),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, short)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List a service's tasks, with their history.
+    Ps {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Do not truncate ids and errors.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only tasks meant to run (hide history).
+        #[arg(long)]
+        running: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Show services in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Change a service; tasks are replaced as its update settings say.
+    Update(Box<UpdateArgs>),
+    /// Set the number of replicas: NAME=N ...
+    Scale {
+        #[arg(long, short)]
+        detach: bool,
+        #[arg(required = true)]
+        scales: Vec<String>,
+    },
+    /// Return a service to its previous spec.
+    Rollback {
+        #[arg(long, short)]
+        detach: bool,
+        service: String,
+    },
+    /// Remove services and their tasks.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+/// Options shared by `create` and `update`; on update only those given
+/// change.
+#[derive(Args, Default)]
+pub struct SpecArgs {
+    /// Number of tasks (replicated mode).
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Service label (KEY=VALUE); repeatable.
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    /// Container label (KEY=VALUE); repeatable.
+    #[arg(long = "container-label")]
+    container_labels: Vec<String>,
+    /// Placement constraint such as node.labels.zone==east; repeatable.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// Spread over a node label: spread=node.labels.zone; repeatable.
+    #[arg(long = "placement-pref")]
+    placement_prefs: Vec<String>,
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    #[arg(long)]
+    workdir: Option<String>,
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    stop_grace_period: Option<Duration>,
+    /// CPUs reserved per task (e.g. 0.5).
+    #[arg(long)]
+    reserve_cpu: Option<f64>,
+    /// Memory reserved per task (e.g. 64M).
+    #[arg(long, value_parser = parse_bytes)]
+    reserve_memory: Option<i64>,
+    #[arg(long)]
+    limit_cpu: Option<f64>,
+    #[arg(long, value_parser = parse_bytes)]
+    limit_memory: Option<i64>,
+    /// When to restart tasks: any, on-failure, none.
+    #[arg(long, value_parser = ["any", "on-failure", "none"])]
+    restart_condition: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    restart_delay: Option<Duration>,
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    #[arg(long, value_parser = parse_duration)]
+    restart_window: Option<Duration>,
+    /// Tasks updated at once (0 = all).
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    #[arg(long, value_parser = parse_duration)]
+    update_delay: Option<Duration>,
+    #[arg(long, value_parser = ["pause", "continue", "rollback"])]
+    update_failure_action: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    update_monitor: Option<Duration>,
+    #[arg(long)]
+    update_max_failure_ratio: Option<f32>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    update_order: Option<String>,
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    #[arg(long, value_parser = parse_duration)]
+    rollback_delay: Option<Duration>,
+    #[arg(long, value_parser = ["pause", "continue"])]
+    rollback_failure_action: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    rollback_monitor: Option<Duration>,
+    #[arg(long, value_parser = ["stop-first", "start-first"])]
+    rollback_order: Option<String>,
+    /// Health check command, run with sh -c.
+    #[arg(long)]
+    health_cmd: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    health_interval: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    health_timeout: Option<Duration>,
+    #[arg(long)]
+    health_retries: Option<u32>,
+    #[arg(long, value_parser = parse_duration)]
+    health_start_period: Option<Duration>,
+    /// Ignore the image's HEALTHCHECK.
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Return at once instead of following the tasks until they converge.
+    #[arg(long, short)]
+    detach: bool,
+    /// Print only the service id.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    name: Option<String>,
+    /// replicated or global.
+    #[arg(long, value_parser = ["replicated", "global"], default_value = "replicated")]
+    mode: String,
+    #[command(flatten)]
+    spec: SpecArgs,
+    image: String,
+    /// Command and arguments run in the task.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[arg(long)]
+    image: Option<String>,
+    /// Replace the arguments (space separated).
+    #[arg(long)]
+    args: Option<String>,
+    #[arg(long = "env-rm")]
+    env_rm: Vec<String>,
+    #[arg(long = "constraint-rm")]
+    constraint_rm: Vec<String>,
+    #[arg(long = "label-rm")]
+    label_rm: Vec<String>,
+    /// Replace tasks even if nothing changed.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
+    service: String,
+}
+
+fn parse_bytes(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| t.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: use forms like 64M, 1G or 512k"))?;
+    let scale = match unit.to_ascii_lowercase().trim_end_matches('b') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("invalid size unit in {text:?}: use k, M or G")),
+    };
+    Ok((value * scale) as i64)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn failure_action(name: &str) -> i32 {
+    match name {
+        "continue" => pb::FailureAction::Continue as i32,
+        "rollback" => pb::FailureAction::Rollback as i32,
+        _ => pb::FailureAction::Pause as i32,
+    }
+}
+
+fn update_order(name: &str) -> i32 {
+    match name {
+        "start-first" => pb::UpdateOrder::StartFirst as i32,
+        _ => pb::UpdateOrder::StopFirst as i32,
+    }
+}
+
+fn set_labels(
+    map: &mut std::collections::HashMap<String, String>,
+    items: &[String],
+) -> anyhow::Result<()> {
+    for item in items {
+        let (k, v) = key_value(item);
+        if k.is_empty() {
+            anyhow::bail!("invalid label {item:?}: use KEY=VALUE");
+        }
+        map.insert(k, v);
+    }
+    Ok(())
+}
+
+impl SpecArgs {
+    /// Writes the options that were given into `spec`.
+    fn apply(&self, spec: &mut pb::ServiceSpec) -> anyhow::Result<()> {
+        if let Some(replicas) = self.replicas {
+            spec.replicas = replicas;
+        }
+        set_labels(&mut spec.labels, &self.labels)?;
+        let task = spec.task.get_or_insert_with(Default::default);
+        let container = task.container.get_or_insert_with(Default::default);
+        for env in &self.env {
+            let (k, _) = key_value(env);
+            container.env.retain(|e| key_value(e).0 != k);
+            container.env.push(env.clone());
+        }
+        set_labels(&mut container.labels, &self.container_labels)?;
+        if let Some(entrypoint) = &self.entrypoint {
+            container.command = entrypoint.split_whitespace().map(String::from).collect();
+        }
+        if let Some(dir) = &self.workdir {
+            container.dir = dir.clone();
+        }
+        if let Some(user) = &self.user {
+            container.user = user.clone();
+        }
+        if let Some(grace) = self.stop_grace_period {
+            container.stop_grace_period_ms = ms(grace);
+        }
+        if self.no_healthcheck {
+            container.no_healthcheck = true;
+            container.healthcheck = None;
+        }
+        if self.health_cmd.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some()
+        {
+            let health = container.healthcheck.get_or_insert_with(Default::default);
+            if let Some(cmd) = &self.health_cmd {
+                health.test = vec!["CMD-SHELL".into(), cmd.clone()];
+            }
+            if let Some(d) = self.health_interval {
+                health.interval_ms = ms(d);
+            }
+            if let Some(d) = self.health_timeout {
+                health.timeout_ms = ms(d);
+            }
+            if let Some(n) = self.health_retries {
+                health.retries = n;
+            }
+            if let Some(d) = self.health_start_period {
+                health.start_period_ms = ms(d);
+            }
+            container.no_healthcheck = false;
+        }
+        let reservations = task.reservations.get_or_insert_with(Default::default);
+        if let Some(cpu) = self.reserve_cpu {
+            reservations.nano_cpus = (cpu * 1e9) as i64;
+        }
+        if let Some(mem) = self.reserve_memory {
+            reservations.memory_bytes = mem;
+        }
+        let limits = task.limits.get_or_insert_with(Default::default);
+        if let Some(cpu) = self.limit_cpu {
+            limits.nano_cpus = (cpu * 1e9) as i64;
+        }
+        if let Some(mem) = self.limit_memory {
+            limits.memory_bytes = mem;
+        }
+        let restart = task.restart.get_or_insert_with(Default::default);
+        if let Some(condition) = &self.restart_condition {
+            restart.condition = match condition.as_str() {
+                "none" => pb::RestartCondition::None,
+                "on-failure" => pb::RestartCondition::OnFailure,
+                _ => pb::RestartCondition::Any,
+            } as i32;
+        }
+        if let Some(d) = self.restart_delay {
+            restart.delay_ms = ms(d);
+        }
+        if let Some(n) = self.restart_max_attempts {
+            restart.max_attempts = n;
+        }
+        if let Some(d) = self.restart_window {
+            restart.window_ms = ms(d);
+        }
+        let placement = task.placement.get_or_insert_with(Default::default);
+        placement
+            .constraints
+            .extend(self.constraints.iter().cloned());
+        for pref in &self.placement_prefs {
+            let spread = pref.strip_prefix("spread=").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "invalid placement preference {pref:?}: use spread=node.labels.NAME"
+                )
+            })?;
+            placement.preferences.push(pb::PlacementPreference {
+                spread: spread.to_string(),
+            });
+        }
+        if let Some(n) = self.replicas_max_per_node {
+            placement.max_replicas_per_node = n;
+        }
+        let update = spec.update.get_or_insert_with(Default::default);
+        if let Some(n) = self.update_parallelism {
+            update.parallelism = n;
+        }
+        if let Some(d) = self.update_delay {
+            update.delay_ms = ms(d);
+        }
+        if let Some(a) = &self.update_failure_action {
+            update.failure_action = failure_action(a);
+        }
+        if let Some(d) = self.update_monitor {
+            update.monitor_ms = ms(d);
+        }
+        if let Some(r) = self.update_max_failure_ratio {
+            update.max_failure_ratio = r;
+        }
+        if let Some(o) = &self.update_order {
+            update.order = update_order(o);
+        }
+        let rollback = spec.rollback.get_or_insert_with(Default::default);
+        if let Some(n) = self.rollback_parallelism {
+            rollback.parallelism = n;
+        }
+        if let Some(d) = self.rollback_delay {
+            rollback.delay_ms = ms(d);
+        }
+        if let Some(a) = &self.rollback_failure_action {
+            rollback.failure_action = failure_action(a);
+        }
+        if let Some(d) = self.rollback_monitor {
+            rollback.monitor_ms = ms(d);
+        }
+        if let Some(o) = &self.rollback_order {
+            rollback.order = update_order(o);
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()> {
+    let mut client = target.connect().await?;
+    let rpc = |s| rpc_error(target, s);
+    match command {
+        ServiceCommand::Create(args) => {
+            let mut spec = pb::ServiceSpec {
+                name: args.name.clone().unwrap_or_default(),
+                mode: if args.mode == "global" {
+                    pb::ServiceMode::Global as i32
+                } else {
+                    pb::ServiceMode::Replicated as i32
+                },
+                replicas: 1,
+                ..Default::default()
+            };
+            {
+                let task = spec.task.get_or_insert_with(Default::default);
+                let container = task.container.get_or_insert_with(Default::default);
+                container.image = args.image.clone();
+                container.args = args.command.clone();
+            }
+            args.spec.apply(&mut spec)?;
+            let service = client
+                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .service
+                .ok_or_else(|| anyhow::anyhow!("the manager returned no service"))?;
+            let id = service_id(&service).to_string();
+            println!("{id}");
+            if !args.spec.detach && !args.spec.quiet {
+                converge(&mut client, target, &id, false).await?;
+            }
+        }
+        ServiceCommand::Ls { quiet, format } => {
+            let response = client
+                .list_services(pb::ListServicesRequest::default())
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            if quiet {
+                for s in &response.services {
+                    println!("{}", service_id(s));
+                }
+                return Ok(());
+            }
+            match format {
+                Format::Json => print_json(&Value::Array(
+                    response.services.iter().map(service_summary).collect(),
+                ))?,
+                Format::Table => {
+                    let mut table =
+                        Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE"]);
+                    for s in &response.services {
+                        let spec = s.spec.clone().unwrap_or_default();
+                        table.row(vec![
+                            short(service_id(s)).to_string(),
+                            spec.name.clone(),
+                            mode_name(&spec).into(),
+                            format!("{}/{}", s.replicas_running, s.replicas_desired),
+                            image_of(&spec),
+                            s.update_status
+                                .as_ref()
+                                .map(|u| update_state_name(u.state).to_string())
+                                .unwrap_or_default(),
+                        ]);
+                    }
+                    table.print();
+                }
+            }
+        }
+        ServiceCommand::Ps {
+            format,
+            no_trunc,
+            running,
+            services,
+        } => {
+            let response = client
+                .list_tasks(pb::ListTasksRequest {
+                    services,
+                    desired_states: if running {
+                        vec![pb::TaskState::Running as i32]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            print_tasks(response.tasks, format, no_trunc)?;
+        }
+        ServiceCommand::Inspect { services } => {
+            let response = client
+                .list_services(pb::ListServicesRequest { names: services })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            warn_if_stale(response.read.as_ref());
+            print_json(&Value::Array(
+                response.services.iter().map(service_detail).collect(),
+            ))?;
+        }
+        ServiceCommand::Update(args) => {
+            let service = find(&mut client, target, &args.service).await?;
+            let mut spec = service.spec.clone().unwrap_or_default();
+            {
+                let task = spec.task.get_or_insert_with(Default::default);
+                let container = task.container.get_or_insert_with(Default::default);
+                if let Some(image) = &args.image {
+                    container.image = image.clone();
+                }
+                if let Some(a) = &args.args {
+                    container.args = a.split_whitespace().map(String::from).collect();
+                }
+                container
+                    .env
+                    .retain(|e| !args.env_rm.contains(&key_value(e).0));
+                let placement = task.placement.get_or_insert_with(Default::default);
+                placement
+                    .constraints
+                    .retain(|c| !args.constraint_rm.contains(c));
+                if args.force {
+                    task.force_update += 1;
+                }
+            }
+            for key in &args.label_rm {
+                spec.labels.remove(key);
+            }
+            args.spec.apply(&mut spec)?;
+            let updated = client
+                .update_service(pb::UpdateServiceRequest {
+                    service: service_id(&service).to_string(),
+                    version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                    spec: Some(spec),
+                    rollback: false,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .service
+                .ok_or_else(|| anyhow::anyhow!("the manager returned no service"))?;
+            println!("{}", spec_name(&updated));
+            if !args.spec.detach && !args.spec.quiet {
+                converge(&mut client, target, service_id(&updated), false).await?;
+            }
+        }
+        ServiceCommand::Scale { detach, scales } => {
+            let mut failed = Vec::new();
+            for item in &scales {
+                let Some((name, n)) = item.split_once('=') else {
+                    anyhow::bail!("invalid scale {item:?}: use SERVICE=REPLICAS, e.g. web=5");
+                };
+                let replicas: u64 = n.parse().map_err(|_| {
+                    anyhow::anyhow!("invalid replica count {n:?} for {name}: use a whole number")
+                })?;
+                let service = find(&mut client, target, name).await?;
+                let mut spec = service.spec.clone().unwrap_or_default();
+                if spec.mode == pb::ServiceMode::Global as i32 {
+                    failed.push(format!(
+                        "{name}: scale can only be used with replicated mode"
+                    ));
+                    continue;
+                }
+                spec.replicas = replicas;
+                let result = client
+                    .update_service(pb::UpdateServiceRequest {
+                        service: service_id(&service).to_string(),
+                        version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                        spec: Some(spec),
+                        rollback: false,
+                    })
+                    .await;
+                match result {
+                    Ok(_) => {
+                        println!("{name} scaled to {replicas}");
+                        if !detach {
+                            converge(&mut client, target, service_id(&service), false).await?;
+                        }
+                    }
+                    Err(status) => failed.push(format!("{name}: {}", status.message())),
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("\n"));
+            }
+        }
+        ServiceCommand::Rollback { detach, service } => {
+            let current = find(&mut client, target, &service).await?;
+            let updated = client
+                .update_service(pb::UpdateServiceRequest {
+                    service: service_id(&current).to_string(),
+                    version: current.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                    spec: None,
+                    rollback: true,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .service
+                .ok_or_else(|| anyhow::anyhow!("the manager returned no service"))?;
+            println!("{}", spec_name(&updated));
+            println!("rollback: manually requested rollback");
+            if !detach {
+                converge(&mut client, target, service_id(&updated), true).await?;
+            }
+        }
+        ServiceCommand::Rm { services } => {
+            let mut failed = Vec::new();
+            for name in services {
+                match client
+                    .remove_service(pb::RemoveServiceRequest {
+                        service: name.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => println!("{name}"),
+                    Err(status) => failed.push(status.message().to_string()),
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn find(client: &mut Client, target: &Target, name: &str) -> anyhow::Result<pb::Service> {
+    client
+        .list_services(pb::ListServicesRequest {
+            names: vec![name.to_string()],
+        })
+        .await
+        .map_err(|s| rpc_error(target, s))?
+        .into_inner()
+        .services
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no such service: {name}"))
+}
+
+fn service_id(service: &pb::Service) -> &str {
+    service.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")
+}
+
+fn spec_name(service: &pb::Service) -> String {
+    service
+        .spec
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
+fn mode_name(spec: &pb::ServiceSpec) -> &'static str {
+    if spec.mode == pb::ServiceMode::Global as i32 {
+        "global"
+    } else {
+        "replicated"
+    }
+}
+
+fn image_of(spec: &pb::ServiceSpec) -> String {
+    spec.task
+        .as_ref()
+        .and_then(|t| t.container.as_ref())
+        .map(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// The shape of `service ls --format json`.
+fn service_summary(service: &pb::Service) -> Value {
+    let spec = service.spec.clone().unwrap_or_default();
+    json!({
+        "id": service_id(service),
+        "name": spec.name,
+        "mode": mode_name(&spec),
+        "replicas_running": service.replicas_running,
+        "replicas_desired": service.replicas_desired,
+        "image": image_of(&spec),
+        "update_state": service.update_status.as_ref().map(|u| update_state_name(u.state)),
+    })
+}
+
+fn service_detail(service: &pb::Service) -> Value {
+    let meta = service.meta.clone().unwrap_or_default();
+    let spec = service.spec.clone().unwrap_or_default();
+    let task = spec.task.clone().unwrap_or_default();
+    let container = task.container.clone().unwrap_or_default();
+    let restart = task.restart.clone().unwrap_or_default();
+    let placement = task.placement.clone().unwrap_or_default();
+    let update = spec.update.clone().unwrap_or_default();
+    let config = |u: &pb::UpdateConfig| {
+        json!({
+            "parallelism": u.parallelism,
+            "delay_ms": u.delay_ms,
+            "failure_action": match pb::FailureAction::try_from(u.failure_action) {
+                Ok(pb::FailureAction::Continue) => "continue",
+                Ok(pb::FailureAction::Rollback) => "rollback",
+                _ => "pause",
+            },
+            "monitor_ms": u.monitor_ms,
+            "max_failure_ratio": u.max_failure_ratio,
+            "order": if u.order == pb::UpdateOrder::StartFirst as i32 { "start-first" } else { "stop-first" },
+        })
+    };
+    json!({
+        "id": meta.id,
+        "version": meta.version,
+        "created_at_ms": meta.created_at_ms,
+        "updated_at_ms": meta.updated_at_ms,
+        "spec": {
+            "name": spec.name,
+            "labels": spec.labels,
+            "mode": mode_name(&spec),
+            "replicas": spec.replicas,
+            "container": {
+                "image": container.image,
+                "command": container.command,
+                "args": container.args,
+                "env": container.env,
+                "labels": container.labels,
+                "dir": container.dir,
+                "user": container.user,
+                "stop_grace_period_ms": container.stop_grace_period_ms,
+                "healthcheck": container.healthcheck.as_ref().map(|h| json!({
+                    "test": h.test,
+                    "interval_ms": h.interval_ms,
+                    "timeout_ms": h.timeout_ms,
+                    "retries": h.retries,
+                    "start_period_ms": h.start_period_ms,
+                })),
+                "no_healthcheck": container.no_healthcheck,
+            },
+            "restart": {
+                "condition": match pb::RestartCondition::try_from(restart.condition) {
+                    Ok(pb::RestartCondition::None) => "none",
+                    Ok(pb::RestartCondition::OnFailure) => "on-failure",
+                    _ => "any",
+                },
+                "delay_ms": restart.delay_ms,
+                "max_attempts": restart.max_attempts,
+                "window_ms": restart.window_ms,
+            },
+            "placement": {
+                "constraints": placement.constraints,
+                "preferences": placement.preferences.iter().map(|p| &p.spread).collect::<Vec<_>>(),
+                "max_replicas_per_node": placement.max_replicas_per_node,
+            },
+            "update": config(&update),
+            "rollback": config(&spec.rollback.clone().unwrap_or_default()),
+        },
+        "previous_image": service.previous_spec.as_ref().map(image_of),
+        "update_status": service.update_status.as_ref().map(|u| json!({
+            "state": update_state_name(u.state),
+            "started_at_ms": u.started_at_ms,
+            "completed_at_ms": u.completed_at_ms,
+            "message": u.message,
+        })),
+        "replicas_running": service.replicas_running,
+        "replicas_desired": service.replicas_desired,
+    })
+}
+
+fn task_name(task: &pb::Task) -> String {
+    if task.slot > 0 {
+        format!("{}.{}", task.service_name, task.slot)
+    } else {
+        format!("{}.{}", task.service_name, short(&task.node_id))
+    }
+}
+
+fn task_id(task: &pb::Task) -> &str {
+    task.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")
+}
+
+/// Tasks as `docker service ps` lists them: per slot, the newest first and
+/// its history below it marked with `\_`.
+pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> anyhow::Result<()> {
+    let created = |t: &pb::Task| t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0);
+    tasks.sort_by(|a, b| {
+        (a.service_name.as_str(), a.slot, a.node_id.as_str())
+            .cmp(&(b.service_name.as_str(), b.slot, b.node_id.as_str()))
+            .then(created(b).cmp(&created(a)))
+    });
+    if format == Format::Json {
+        let rows: Vec<Value> = tasks
+            .iter()
+            .map(|t| {
+                let status = t.status.clone().unwrap_or_default();
+                json!({
+                    "id": task_id(t),
+                    "service": t.service_name,
+                    "service_id": t.service_id,
+                    "slot": t.slot,
+                    "name": task_name(t),
+                    "node": t.node_hostname,
+                    "node_id": t.node_id,
+                    "image": t.spec.as_ref().and_then(|s| s.container.as_ref()).map(|c| c.image.clone()),
+                    "desired_state": task_state_name(t.desired_state),
+                    "current_state": task_state_name(status.state),
+                    "since_ms": status.timestamp_ms,
+                    "message": status.message,
+                    "error": status.err,
+                    "exit_code": status.has_exit_code.then_some(status.exit_code),
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(rows));
+    }
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "IMAGE",
+        "NODE",
+        "DESIRED STATE",
+        "CURRENT STATE",
+        "ERROR",
+    ]);
+    let mut previous_slot = None;
+    for t in &tasks {
+        let status = t.status.clone().unwrap_or_default();
+        let slot = (
+            t.service_name.clone(),
+            t.slot,
+            if t.slot == 0 {
+                t.node_id.clone()
+            } else {
+                String::new()
+            },
+        );
+        let name = if previous_slot.as_ref() == Some(&slot) {
+            format!(" \\_ {}", task_name(t))
+        } else {
+            task_name(t)
+        };
+        previous_slot = Some(slot);
+        let mut error = status.err.clone();
+        let failed = matches!(
+            pb::TaskState::try_from(status.state),
+            Ok(pb::TaskState::Failed | pb::TaskState::Rejected)
+        );
+        if failed && status.has_exit_code && status.exit_code != 0 && !error.contains("exit") {
+            error = format!("{} (exit code {})", error, status.exit_code)
+                .trim()
+                .to_string();
+        }
+        if !no_trunc && error.chars().count() > 40 {
+            error = format!("\"{}…\"", error.chars().take(38).collect::<String>());
+        }
+        let id = task_id(t);
+        table.row(vec![
+            if no_trunc {
+                id.to_string()
+            } else {
+                short(id).to_string()
+            },
+            name,
+            t.spec
+                .as_ref()
+                .and_then(|s| s.container.as_ref())
+                .map(|c| c.image.clone())
+                .unwrap_or_default(),
+            t.node_hostname.clone(),
+            super::output::capitalize(task_state_name(t.desired_state)),
+            format!(
+                "{} {}",
+                super::output::capitalize(task_state_name(status.state)),
+                ago(status.timestamp_ms)
+            ),
+            error,
+        ]);
+    }
+    table.print();
+    Ok(())
+}
+
+/// How long tasks must stay running before a service counts as converged.
+const VERIFY: Duration = Duration::from_secs(1);
+const POLL: Duration = Duration::from_millis(250);
+
+/// Follows a service until its tasks run the current spec, as `docker
+/// service create` does, drawing a line per slot. Ctrl-C stops following,
+/// not the operation.
+async fn converge(
+    client: &mut Client,
+    target: &Target,
+    id: &str,
+    rollback: bool,
+) -> anyhow::Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let mut drawn_lines = 0usize;
+    let mut last_text = String::new();
+    let mut stable_since: Option<Instant> = None;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let service = find(client, target, id).await?;
+        let spec = service.spec.clone().unwrap_or_default();
+        let tasks = client
+            .list_tasks(pb::ListTasksRequest {
+                services: vec![id.to_string()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| rpc_error(target, s))?
+            .into_inner()
+            .tasks;
+        let progress = Progress::of(&spec, &tasks, service.replicas_desired);
+        let text = progress.render(tty);
+        if tty {
+            // Redraw in place.
+            for _ in 0..drawn_lines {
+                print!("\x1b[1A\x1b[2K");
+            }
+            print!("{text}");
+            drawn_lines = text.lines().count();
+        } else if text != last_text {
+            print!("{text}");
+        }
+        last_text = text;
+        let update = service.update_status.clone().unwrap_or_default();
+        match pb::UpdateState::try_from(update.state) {
+            Ok(pb::UpdateState::Paused | pb::UpdateState::RollbackPaused) => {
+                anyhow::bail!(
+                    "{}: {}; fix the cause, then 'shoal service update' again or 'shoal service \
+                     rollback {}'",
+                    update_state_name(update.state).replace('_', " "),
+                    update.message,
+                    spec.name
+                );
+            }
+            Ok(pb::UpdateState::RollbackStarted) if !rollback => {
+                println!("rollback: {}", update.message);
+            }
+            _ => {}
+        }
+        let updating = matches!(
+            pb::UpdateState::try_from(update.state),
+            Ok(pb::UpdateState::Updating | pb::UpdateState::RollbackStarted)
+        );
+        if progress.converged() && !updating {
+            let since = *stable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= VERIFY {
+                println!("verify: Service {} converged", spec.name);
+                return Ok(());
+            }
+        } else {
+            stable_since = None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupted => {
+                println!(
+                    "\nOperation continuing in background.\nUse `shoal service ps {}` to check progress.",
+                    spec.name
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Per slot, the newest task with the current spec.
+struct Progress {
+    slots: BTreeMap<String, (String, String)>,
+    running: usize,
+    desired: usize,
+}
+
+impl Progress {
+    fn of(spec: &pb::ServiceSpec, tasks: &[pb::Task], desired: u64) -> Self {
+        let mut newest: BTreeMap<String, &pb::Task> = BTreeMap::new();
+        for task in tasks {
+            if task.desired_state > pb::TaskState::Running as i32 || task.spec != spec.task {
+                continue;
+            }
+            let key = if task.slot > 0 {
+                format!("{:>3}", task.slot)
+            } else {
+                task.node_hostname.clone()
+            };
+            let created = |t: &pb::Task| t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0);
+            if newest.get(&key).is_none_or(|t| created(t) < created(task)) {
+                newest.insert(key, task);
+            }
+        }
+        let mut running = 0;
+        let slots = newest
+            .into_iter()
+            .map(|(key, task)| {
+                let status = task.status.clone().unwrap_or_default();
+                if status.state == pb::TaskState::Running as i32 {
+                    running += 1;
+                }
+                let detail = if status.err.is_empty() {
+                    String::new()
+                } else {
+                    status.err.clone()
+                };
+                (key, (task_state_name(status.state).to_string(), detail))
+            })
+            .collect();
+        Progress {
+            slots,
+            running,
+            desired: desired as usize,
+        }
+    }
+
+    fn converged(&self) -> bool {
+        self.running == self.desired
+    }
+
+    fn render(&self, tty: bool) -> String {
+        let mut out = format!(
+            "overall progress: {} out of {} tasks\n",
+            self.running, self.desired
+        );
+        if !tty && self.slots.len() > 20 {
+            return out;
+        }
+        for (slot, (state, detail)) in self.slots.iter().take(20) {
+            let bar = if state == "running" {
+                "[==================================================>]".to_string()
+            } else {
+                let step = [
+                    "new",
+                    "pending",
+                    "assigned",
+                    "accepted",
+                    "preparing",
+                    "starting",
+                ]
+                .iter()
+                .position(|s| s == state)
+                .unwrap_or(0);
+                let filled = step * 50 / 6;
+                format!("[{}>{}]", "=".repeat(filled), " ".repeat(50 - filled))
+            };
+            let name = slot.trim();
+            let label = if name.chars().all(|c| c.is_ascii_digit()) {
+                format!("{name}/{}", self.desired)
+            } else {
+                name.to_string()
+            };
+            out.push_str(&format!("{label}: {state:<9} {bar} {detail}\n").replace("  \n", "\n"));
+        }
+        if self.slots.len() > 20 {
+            out.push_str(&format!("… and {} more\n", self.slots.len() - 20));
+        }
+        out
+    }
+}
