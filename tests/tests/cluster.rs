@@ -194,7 +194,7 @@ fn wrong_and_rotated_tokens_are_refused_with_clear_messages() -> Result<()> {
 
 #[test]
 fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<()> {
-    let mut cluster = Cluster::start(1, 1, Executor::Sim)?;
+    let cluster = Cluster::start(1, 1, Executor::Sim)?;
     // The last manager cannot be demoted.
     let out = cluster.agent("m1").shoal(&["node", "demote", "m1"])?;
     assert!(!out.status.success());

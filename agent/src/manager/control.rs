@@ -81,7 +81,7 @@ fn live_view(manager: &ManagerRuntime) -> LiveView {
 }
 
 fn read_info(manager: &ManagerRuntime) -> pb::ReadInfo {
-    let stale_reason = if manager.metrics().current_leader.is_none() {
+    let stale_reason = if !manager.has_working_leader() {
         let (reachable, total) = manager.reachable_voters();
         format!(
             "this manager sees no leader ({reachable} of {total} managers reachable): the answer may be stale"

@@ -231,7 +231,7 @@ impl ManagerRuntime {
     /// Voting managers this manager can reach now, itself included, and
     /// how many voters there are.
     pub fn reachable_voters(&self) -> (usize, usize) {
-        let window = Duration::from_millis(self.timing.election_max_ms * 3);
+        let window = Duration::from_millis(self.quorum_silence_limit_ms());
         let members = self.members();
         let voters: Vec<_> = members.iter().filter(|(_, _, voter)| *voter).collect();
         let reachable = voters
@@ -246,10 +246,28 @@ impl ManagerRuntime {
     /// Whether the leader (this node) has lost touch with a quorum: it has
     /// not heard from a majority for several election timeouts.
     fn leader_lost_quorum(&self, metrics: &RaftMetrics) -> bool {
-        let limit = self.timing.election_max_ms * 3;
+        let limit = self.quorum_silence_limit_ms();
         metrics
             .millis_since_quorum_ack
             .is_some_and(|since| since > limit)
+    }
+
+    /// How long a peer may be silent before it counts as unreachable: a
+    /// leader that heard from no quorum for longer than a follower waits
+    /// before starting an election has been replaced or cut off.
+    fn quorum_silence_limit_ms(&self) -> u64 {
+        self.timing.election_max_ms + self.timing.heartbeat_ms
+    }
+
+    /// Whether writes can commit as far as this manager knows: there is a
+    /// leader, and if it is this manager, it still hears from a quorum.
+    pub fn has_working_leader(&self) -> bool {
+        let metrics = self.metrics();
+        match metrics.current_leader {
+            None => false,
+            Some(leader) if leader == self.raft_id => !self.leader_lost_quorum(&metrics),
+            Some(_) => true,
+        }
     }
 
     fn no_leader(&self) -> ProposeError {
@@ -278,7 +296,20 @@ impl ManagerRuntime {
                     if self.leader_lost_quorum(&metrics) {
                         return Err(self.no_leader());
                     }
-                    self.propose_local(tx.clone()).await
+                    // A write that cannot reach a quorum would hang until
+                    // its timeout; fail as soon as the quorum is known lost.
+                    let quorum_lost = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms)).await;
+                            if self.leader_lost_quorum(&self.metrics()) {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        result = self.propose_local(tx.clone()) => result,
+                        () = quorum_lost => return Err(self.no_leader()),
+                    }
                 }
                 Some(leader) => {
                     let Some(member) = metrics.membership_config.membership().get_node(&leader)

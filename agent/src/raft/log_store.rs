@@ -397,3 +397,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(write_logs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorage;
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
+
+    use super::*;
+    use crate::raft::state_machine::StateMachine;
+    use crate::store::Store;
+
+    struct FjallBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for FjallBuilder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().map_err(|e| write_logs(DbError(e.to_string())))?;
+            let db = RaftDb::open(dir.path(), DataKey::generate())
+                .map_err(|e| write_logs(DbError(e.to_string())))?;
+            let sm = StateMachine::open(db.clone(), Arc::new(Store::new()))
+                .map_err(|e| write_logs(DbError(e.to_string())))?;
+            Ok((dir, db.log_store(), sm))
+        }
+    }
+
+    #[test]
+    fn the_fjall_store_passes_openraft_storage_conformance() {
+        Suite::test_all(FjallBuilder).unwrap();
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Appends and waits for the durable acknowledgement.
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+        use openraft::storage::RaftLogStorageExt;
+        store.blocking_append(entries).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_log_and_vote_survive_a_reopen_and_need_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::generate();
+        {
+            let db = RaftDb::open(dir.path(), key.clone()).unwrap();
+            let mut store = db.log_store();
+            append(&mut store, (1..=3).map(|i| blank(1, i)).collect()).await;
+            store.save_vote(&Vote::new(2, 7)).await.unwrap();
+        }
+        let db = RaftDb::open(dir.path(), key).unwrap();
+        let mut store = db.log_store();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
+        let entries = store.try_get_log_entries(1..=3).await.unwrap();
+        assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [1, 2, 3]);
+        drop(store);
+        drop(db);
+
+        let err = RaftDb::open(dir.path(), DataKey::generate()).err().expect("a wrong key is refused");
+        assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    }
+}

@@ -25,6 +25,9 @@ pub enum NodeCommand {
     Inspect {
         #[arg(long)]
         pretty: bool,
+        /// json (the default) or table (same as --pretty).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
         #[arg(required = true)]
         nodes: Vec<String>,
     },
@@ -130,7 +133,12 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        NodeCommand::Inspect { pretty, nodes } => {
+        NodeCommand::Inspect {
+            pretty,
+            format,
+            nodes,
+        } => {
+            let pretty = pretty || format == Some(Format::Table);
             let response = client
                 .list_nodes(pb::ListNodesRequest { names: nodes })
                 .await

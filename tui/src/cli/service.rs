@@ -46,6 +46,9 @@ pub enum ServiceCommand {
     },
     /// Show services in detail (JSON).
     Inspect {
+        /// Only json is supported; accepted for symmetry with ls.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
         #[arg(required = true)]
         services: Vec<String>,
     },
@@ -493,7 +496,10 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
             warn_if_stale(response.read.as_ref());
             print_tasks(response.tasks, format, no_trunc)?;
         }
-        ServiceCommand::Inspect { services } => {
+        ServiceCommand::Inspect { services, format } => {
+            if format == Some(Format::Table) {
+                anyhow::bail!("service inspect prints JSON only; drop --format table");
+            }
             let response = client
                 .list_services(pb::ListServicesRequest { names: services })
                 .await
