@@ -222,6 +222,29 @@ impl Agent {
         Ok(ControlClient::new(channel))
     }
 
+    /// A Control client that reaches `addr` over TCP presenting this
+    /// agent's own node certificate, as another node (or a thief holding
+    /// its files) would.
+    pub async fn control_as_node(&self, addr: &str) -> Result<ControlClient<Channel>> {
+        let certificates = self.data_dir.join("certificates");
+        let root = std::fs::read(certificates.join("root-ca.pem"))?;
+        let cert = std::fs::read(certificates.join("node.pem"))?;
+        let keys: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.data_dir.join("keys.json"))?)?;
+        let key = keys["tls_key_pem"]
+            .as_str()
+            .context("keys.json holds no plain TLS key (is autolock on?)")?;
+        let tls = shoal_proto::transport::client_tls_config(&root, &cert, key.as_bytes())
+            .map_err(|e| anyhow!(e))?;
+        let channel = shoal_proto::transport::connect_tls(
+            addr,
+            std::sync::Arc::new(tls),
+            shoal_proto::MANAGER_SERVER_NAME,
+        )
+        .await?;
+        Ok(ControlClient::new(channel))
+    }
+
     pub async fn info(&self) -> Result<pb::InfoResponse> {
         Ok(self
             .control()

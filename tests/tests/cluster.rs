@@ -314,3 +314,49 @@ fn a_snapshot_larger_than_4_mib_reaches_a_late_manager() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_manager_certificates_of_this_cluster_reach_the_manager_api() -> Result<()> {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(1, 2, Executor::Sim))?;
+    let manager = cluster.agent("m1");
+    let list = shoal_proto::v1::ListNodesRequest::default();
+
+    // A manager's own certificate is accepted.
+    let mut as_manager = manager.control_as_node(&manager.addr).await?;
+    assert!(as_manager.list_nodes(list.clone()).await.is_ok());
+
+    // A worker certificate on a manager-only call is refused by role.
+    let worker = cluster.agent("w1");
+    let mut as_worker = worker.control_as_node(&manager.addr).await?;
+    let refused = as_worker.list_nodes(list.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // A certificate from another cluster does not get through TLS.
+    let other = tokio::task::block_in_place(|| Cluster::start(1, 0, Executor::Sim))?;
+    let stranger = other.agent("m1").control_as_node(&manager.addr).await;
+    let refused = match stranger {
+        Err(e) => e.to_string(),
+        Ok(mut client) => format!("{:?}", client.list_nodes(list.clone()).await.unwrap_err()),
+    };
+    assert!(!refused.is_empty());
+
+    // A removed node's certificate is refused from then on.
+    let removed = cluster.agent("w2");
+    let mut before = removed.control_as_node(&manager.addr).await?;
+    assert_eq!(
+        before.list_nodes(list.clone()).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    tokio::task::block_in_place(|| manager.shoal_ok(&["node", "rm", "--force", "w2"]))?;
+    let mut after = removed.control_as_node(&manager.addr).await?;
+    let refused = after
+        .info(shoal_proto::v1::InfoRequest {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("removed"), "{refused:?}");
+    Ok(())
+}
