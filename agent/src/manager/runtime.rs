@@ -27,9 +27,11 @@ use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, RaftId, RaftMember, RaftMetrics};
 use crate::store::{Store, Transaction};
 
-/// Raft timing. Heartbeats every 100 ms and elections after 400–800 ms of
-/// silence: a dead leader is replaced in well under a second, while a busy
-/// machine has four heartbeats of slack before a needless election.
+/// Raft timing. Heartbeats every 50 ms. openraft starts an election after
+/// the leader lease (the maximum timeout) plus this node's random timeout
+/// (250–500 ms) of silence, so a dead leader is noticed after 0.75–1 s,
+/// while a busy machine has ten missed heartbeats of slack before a
+/// needless election.
 #[derive(Clone, Debug)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,
@@ -40,9 +42,9 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            heartbeat_ms: 50,
+            election_min_ms: 250,
+            election_max_ms: 500,
         }
     }
 }
@@ -188,6 +190,25 @@ impl ManagerRuntime {
         }
     }
 
+    /// Waits (at most a few election timeouts) until raft names a leader
+    /// other than `failed`.
+    async fn wait_for_leader_other_than(&self, failed: RaftId) {
+        let mut metrics = self.raft.metrics();
+        let limit = Duration::from_millis(self.timing.election_max_ms * 3);
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let leader = metrics.borrow_and_update().current_leader;
+                if leader.is_some_and(|l| l != failed) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }
@@ -281,15 +302,18 @@ impl ManagerRuntime {
             return Ok(0);
         }
         let mut last_error = self.no_leader();
-        for attempt in 0..4u32 {
-            if attempt > 0 {
-                // Leadership is moving; give the election a moment.
-                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 150)).await;
+        let mut tried_leader: Option<RaftId> = None;
+        for _attempt in 0..4u32 {
+            if let Some(failed) = tried_leader {
+                // Leadership is moving: retry as soon as raft names
+                // another leader, rather than after a fixed pause.
+                self.wait_for_leader_other_than(failed).await;
             }
             if self.shutdown.is_cancelled() {
                 return Err(ProposeError::Shutdown);
             }
             let metrics = self.metrics();
+            tried_leader = metrics.current_leader;
             let result = match metrics.current_leader {
                 None => return Err(self.no_leader()),
                 Some(leader) if leader == self.raft_id => {

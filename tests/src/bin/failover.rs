@@ -1,0 +1,91 @@
+//! Leader failover time: starts 3 managers, kills the leader `--kills`
+//! times (restarting it each time) and measures how long until a write
+//! through a survivor is accepted again.
+//!
+//!     cargo run --release -p shoal-tests --bin failover -- --kills 20
+//!
+//! Prints one line per kill and a last line `median_ms=… max_ms=…`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use shoal_proto::v1 as pb;
+use shoal_tests::{Cluster, Executor, wait_until};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut times = Vec::new();
+    for kill in 1..=args.kills {
+        let leader = cluster.leader()?;
+        let survivor = cluster.a_manager(&[&leader]).name.clone();
+        cluster.agent_mut(&leader).kill9();
+        let killed_at = Instant::now();
+        let agent = cluster.agent(&survivor);
+        let mut client = runtime.block_on(agent.control())?;
+        let service = pb::ServiceSpec {
+            name: format!("failover-{kill}"),
+            replicas: 0,
+            task: Some(pb::TaskSpec {
+                container: Some(pb::ContainerSpec {
+                    image: "img".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut leader_seen: Option<Duration> = None;
+        loop {
+            if leader_seen.is_none() {
+                let info = runtime.block_on(agent.info())?;
+                if !info.leader_id.is_empty() && info.leader_id != cluster.agent(&leader).node_id {
+                    leader_seen = Some(killed_at.elapsed());
+                }
+            }
+            let request = pb::CreateServiceRequest {
+                spec: Some(service.clone()),
+            };
+            let attempt = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), client.create_service(request)).await
+            });
+            if matches!(attempt, Ok(Ok(_))) {
+                break;
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("no write accepted 30 s after killing the leader {leader}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let elapsed = killed_at.elapsed();
+        times.push(elapsed.as_millis() as u64);
+        println!(
+            "kill {kill}: leader {leader} killed, new leader known after {} ms, write accepted after {} ms",
+            leader_seen.map_or(0, |d| d.as_millis()),
+            elapsed.as_millis()
+        );
+        cluster.agent_mut(&leader).start()?;
+        wait_until(Duration::from_secs(30), || {
+            Ok(cluster
+                .nodes()?
+                .iter()
+                .filter(|n| n["manager_status"] == "reachable" || n["manager_status"] == "leader")
+                .count()
+                == 3)
+        })
+        .context("waiting for the restarted manager to be reachable again")?;
+    }
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    let max = times.last().copied().unwrap_or(0);
+    println!("median_ms={median} max_ms={max}");
+    Ok(())
+}
