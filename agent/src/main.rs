@@ -33,7 +33,11 @@ struct Args {
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     sim_delay: Duration,
     /// Log filter, e.g. info or shoal_agent=debug.
-    #[arg(long, env = "SHOALD_LOG", default_value = "info,openraft=error,openraft::replication=off,openraft::engine=off")]
+    #[arg(
+        long,
+        env = "SHOALD_LOG",
+        default_value = "info,openraft=error,openraft::replication=off,openraft::engine=off"
+    )]
     log_level: String,
 }
 

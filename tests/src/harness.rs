@@ -132,7 +132,9 @@ impl Agent {
             .args(["--hostname", &self.name, "--executor", self.executor.flag()])
             .env(
                 "SHOALD_LOG",
-                std::env::var("SHOALD_LOG").unwrap_or_else(|_| "info,openraft=error,openraft::replication=off,openraft::engine=off".into()),
+                std::env::var("SHOALD_LOG").unwrap_or_else(|_| {
+                    "info,openraft=error,openraft::replication=off,openraft::engine=off".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -354,7 +354,10 @@ async fn only_manager_certificates_of_this_cluster_reach_the_manager_api() -> Re
         .await
         .unwrap_err();
     assert!(
-        matches!(refused.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
+        matches!(
+            refused.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ),
         "{refused:?}"
     );
     assert!(refused.message().contains("removed"), "{refused:?}");

@@ -67,9 +67,21 @@ fn six_replicas_spread_evenly_as_labelled_running_containers() -> Result<()> {
     build_test_images()?;
     let cluster = Cluster::start(1, 2, Executor::Docker)?;
     let m1 = cluster.agent("m1");
-    m1.shoal_ok(&["service", "create", "--name", "web", "--replicas", "6", IMAGE])?;
+    m1.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        IMAGE,
+    ])?;
     let per_node = running_per_node(m1, "web")?;
-    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{per_node:?}");
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
     let running = containers(&cluster, false)?;
     assert_eq!(running.len(), 6, "{running:?}");
     for (name, _) in &running {
@@ -81,11 +93,19 @@ fn six_replicas_spread_evenly_as_labelled_running_containers() -> Result<()> {
 
     // Scale down, then remove: nothing is left behind.
     m1.shoal_ok(&["service", "scale", "web=2"])?;
-    wait_until(Duration::from_secs(30), || Ok(containers(&cluster, false)?.len() == 2))?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(containers(&cluster, false)?.len() == 2)
+    })?;
     let per_node = running_per_node(m1, "web")?;
-    assert_eq!(per_node.len(), 2, "scaling down keeps the spread: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        2,
+        "scaling down keeps the spread: {per_node:?}"
+    );
     m1.shoal_ok(&["service", "rm", "web"])?;
-    wait_until(Duration::from_secs(30), || Ok(containers(&cluster, true)?.is_empty()))?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(containers(&cluster, true)?.is_empty())
+    })?;
     Ok(())
 }
 
@@ -93,7 +113,9 @@ fn six_replicas_spread_evenly_as_labelled_running_containers() -> Result<()> {
 fn a_global_service_follows_the_nodes() -> Result<()> {
     let mut cluster = Cluster::start(1, 1, Executor::Sim)?;
     let m1 = cluster.agent("m1");
-    m1.shoal_ok(&["service", "create", "--detach", "--name", "agent", "--mode", "global", "img"])?;
+    m1.shoal_ok(&[
+        "service", "create", "--detach", "--name", "agent", "--mode", "global", "img",
+    ])?;
     wait_until(Duration::from_secs(30), || {
         Ok(running_per_node(m1, "agent")?.len() == 2)
     })?;
@@ -102,7 +124,15 @@ fn a_global_service_follows_the_nodes() -> Result<()> {
     let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
     let addr = m1.addr.clone();
     let w2 = cluster.add("w2")?;
-    w2.shoal_ok(&["swarm", "join", "--token", token.trim(), "--advertise-addr", &w2.addr.clone(), &addr])?;
+    w2.shoal_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        "--advertise-addr",
+        &w2.addr.clone(),
+        &addr,
+    ])?;
     let m1 = cluster.agent("m1");
     wait_until(Duration::from_secs(30), || {
         Ok(running_per_node(m1, "agent")?.get("w2") == Some(&1))
@@ -122,33 +152,60 @@ fn constraints_place_tasks_or_explain_why_they_wait() -> Result<()> {
     let cluster = Cluster::start(1, 2, Executor::Sim)?;
     let m1 = cluster.agent("m1");
     m1.shoal_ok(&[
-        "service", "create", "--name", "workers-only", "--replicas", "4",
-        "--constraint", "node.role==worker", "img",
+        "service",
+        "create",
+        "--name",
+        "workers-only",
+        "--replicas",
+        "4",
+        "--constraint",
+        "node.role==worker",
+        "img",
     ])?;
     let per_node = running_per_node(m1, "workers-only")?;
-    assert_eq!(per_node.keys().cloned().collect::<Vec<_>>(), ["w1", "w2"], "{per_node:?}");
+    assert_eq!(
+        per_node.keys().cloned().collect::<Vec<_>>(),
+        ["w1", "w2"],
+        "{per_node:?}"
+    );
 
     m1.shoal_ok(&[
-        "service", "create", "--detach", "--name", "ssd", "--replicas", "2",
-        "--constraint", "node.labels.disk==ssd", "img",
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "ssd",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.disk==ssd",
+        "img",
     ])?;
     wait_until(Duration::from_secs(20), || {
         let pending = tasks(m1, "ssd")?;
         Ok(pending.len() == 2
             && pending.iter().all(|t| {
                 t["current_state"] == "pending"
-                    && t["error"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("no suitable node") && m.contains("3 nodes unmet constraint"))
+                    && t["error"].as_str().is_some_and(|m| {
+                        m.contains("no suitable node") && m.contains("3 nodes unmet constraint")
+                    })
             }))
     })?;
     m1.shoal_ok(&["node", "update", "--label-add", "disk=ssd", "w2"])?;
     wait_running(m1, "ssd", 2)?;
-    assert_eq!(running_per_node(m1, "ssd")?.keys().cloned().collect::<Vec<_>>(), ["w2"]);
+    assert_eq!(
+        running_per_node(m1, "ssd")?
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["w2"]
+    );
 
     // The constraint enforcer: remove the label and the tasks leave w2.
     m1.shoal_ok(&["node", "update", "--label-rm", "disk", "w2"])?;
-    wait_until(Duration::from_secs(20), || Ok(running_per_node(m1, "ssd")?.is_empty()))?;
+    wait_until(Duration::from_secs(20), || {
+        Ok(running_per_node(m1, "ssd")?.is_empty())
+    })?;
     Ok(())
 }
 
@@ -156,9 +213,15 @@ fn constraints_place_tasks_or_explain_why_they_wait() -> Result<()> {
 fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()> {
     build_test_images()?;
     let mut cluster = Cluster::start(1, 2, Executor::Docker)?;
-    cluster
-        .agent("m1")
-        .shoal_ok(&["service", "create", "--name", "web", "--replicas", "4", IMAGE])?;
+    cluster.agent("m1").shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        IMAGE,
+    ])?;
     let before = running_per_node(cluster.agent("m1"), "web")?;
     assert!(before.get("w1").copied().unwrap_or(0) > 0, "{before:?}");
 
@@ -169,7 +232,11 @@ fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()
         Ok(!per_node.contains_key("w1") && per_node.values().sum::<usize>() == 4)
     })?;
     let nodes = cluster.nodes()?;
-    assert!(nodes.iter().any(|n| n["hostname"] == "w1" && n["status"] == "down"));
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["hostname"] == "w1" && n["status"] == "down")
+    );
 
     // Back again: it stops what was replaced; tasks do not move back.
     cluster.agent_mut("w1").start()?;
@@ -194,8 +261,17 @@ fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -
     let m1 = cluster.agent("m1");
     m1.shoal_ok(&["swarm", "update", "--task-history-limit", "3"])?;
     m1.shoal_ok(&[
-        "service", "create", "--detach", "--name", "crashy", "--restart-delay", "200ms",
-        IMAGE, "sh", "-c", "sleep 0.3; exit 1",
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "crashy",
+        "--restart-delay",
+        "200ms",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 0.3; exit 1",
     ])?;
     wait_until(Duration::from_secs(60), || {
         let failed = tasks(m1, "crashy")?
@@ -207,7 +283,9 @@ fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -
     // More restarts happen; the slot's history, current task included,
     // stays within the limit.
     std::thread::sleep(Duration::from_secs(3));
-    wait_until(Duration::from_secs(20), || Ok(tasks(m1, "crashy")?.len() <= 3))?;
+    wait_until(Duration::from_secs(20), || {
+        Ok(tasks(m1, "crashy")?.len() <= 3)
+    })?;
     let table = m1.shoal_ok(&["service", "ps", "crashy"])?;
     assert!(table.contains(" \\_ crashy.1"), "{table}");
     assert!(table.contains("non-zero exit (1)"), "{table}");
@@ -218,9 +296,15 @@ fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -
 fn a_restarted_agent_adopts_its_running_containers() -> Result<()> {
     build_test_images()?;
     let mut cluster = Cluster::start(1, 1, Executor::Docker)?;
-    cluster
-        .agent("m1")
-        .shoal_ok(&["service", "create", "--name", "web", "--replicas", "2", IMAGE])?;
+    cluster.agent("m1").shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        IMAGE,
+    ])?;
     let before = containers(&cluster, false)?;
     let ids_before = tasks(cluster.agent("m1"), "web")?;
     cluster.agent_mut("w1").stop()?;
@@ -230,8 +314,14 @@ fn a_restarted_agent_adopts_its_running_containers() -> Result<()> {
     assert_eq!(containers(&cluster, false)?, before);
     let ids_after = tasks(cluster.agent("m1"), "web")?;
     assert_eq!(
-        ids_before.iter().map(|t| t["id"].clone()).collect::<Vec<_>>(),
-        ids_after.iter().map(|t| t["id"].clone()).collect::<Vec<_>>()
+        ids_before
+            .iter()
+            .map(|t| t["id"].clone())
+            .collect::<Vec<_>>(),
+        ids_after
+            .iter()
+            .map(|t| t["id"].clone())
+            .collect::<Vec<_>>()
     );
     assert!(ids_after.iter().all(|t| t["current_state"] == "running"));
     Ok(())
@@ -241,17 +331,40 @@ fn a_restarted_agent_adopts_its_running_containers() -> Result<()> {
 fn the_process_executor_runs_replicated_and_global_services_without_docker() -> Result<()> {
     let cluster = Cluster::start(1, 1, Executor::Process)?;
     let m1 = cluster.agent("m1");
-    m1.shoal_ok(&["service", "create", "--name", "sleepers", "--replicas", "3", "host", "sleep", "60"])?;
+    m1.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "sleepers",
+        "--replicas",
+        "3",
+        "host",
+        "sleep",
+        "60",
+    ])?;
     assert_eq!(running_per_node(m1, "sleepers")?.values().sum::<usize>(), 3);
-    m1.shoal_ok(&["service", "create", "--name", "each", "--mode", "global", "host", "sleep", "60"])?;
+    m1.shoal_ok(&[
+        "service", "create", "--name", "each", "--mode", "global", "host", "sleep", "60",
+    ])?;
     assert_eq!(running_per_node(m1, "each")?.len(), 2);
     // A command that exits is reported with its code.
     m1.shoal_ok(&[
-        "service", "create", "--detach", "--name", "once", "--restart-condition", "none",
-        "host", "sh", "-c", "exit 5",
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        "host",
+        "sh",
+        "-c",
+        "exit 5",
     ])?;
     wait_until(Duration::from_secs(20), || {
-        Ok(tasks(m1, "once")?.iter().any(|t| t["exit_code"] == 5 && t["current_state"] == "failed"))
+        Ok(tasks(m1, "once")?
+            .iter()
+            .any(|t| t["exit_code"] == 5 && t["current_state"] == "failed"))
     })?;
     Ok(())
 }

@@ -324,7 +324,8 @@ impl ManagerRuntime {
                     // its timeout; fail as soon as the quorum is known lost.
                     let quorum_lost = async {
                         loop {
-                            tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms)).await;
+                            tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms))
+                                .await;
                             if self.leader_lost_quorum(&self.metrics()) {
                                 return;
                             }

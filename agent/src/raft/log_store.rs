@@ -453,11 +453,16 @@ mod tests {
         let mut store = db.log_store();
         assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
         let entries = store.try_get_log_entries(1..=3).await.unwrap();
-        assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         drop(store);
         drop(db);
 
-        let err = RaftDb::open(dir.path(), DataKey::generate()).err().expect("a wrong key is refused");
+        let err = RaftDb::open(dir.path(), DataKey::generate())
+            .err()
+            .expect("a wrong key is refused");
         assert!(err.to_string().contains("cannot decrypt"), "{err}");
     }
 }

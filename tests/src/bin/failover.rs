@@ -22,7 +22,9 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut times = Vec::new();
     for kill in 1..=args.kills {
         let leader = cluster.leader()?;

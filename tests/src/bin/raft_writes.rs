@@ -26,7 +26,9 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let cluster = Cluster::start(3, 0, Executor::Sim)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let sockets: Vec<_> = cluster.agents.iter().map(|a| a.socket.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

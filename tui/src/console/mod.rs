@@ -1,8 +1,330 @@
-//! The interactive console.
+//! The interactive console: `shoal` with no arguments.
+//!
+//! One event loop owns the state. Background tasks feed it: the `Watch`
+//! stream (a full copy, then changes; reconnecting with backoff), a light
+//! `Info` poll for raft health, the keyboard, and the results of actions.
+//! Drawing is a pure function of that state ([`view::render`]), so the UI
+//! never waits on the network.
+//!
+//! - [`state`]: the cluster as the console knows it, and the event log.
+//! - [`app`]: views, selection, prompts; keys become [`app::Action`]s.
+//! - [`view`]: rendering.
+//! - [`theme`]: colour themes.
+
+pub mod app;
+pub mod state;
+pub mod theme;
+pub mod view;
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use ratatui::crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::control_client::ControlClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 use crate::cli::Target;
+use crate::cli::output::now_ms;
+use app::{Action, App};
+use state::{Connection, Level, Model};
+use theme::Theme;
+
+type Client = ControlClient<Channel>;
+
+/// What the loop reacts to.
+enum Message {
+    Watch(pb::WatchMessage),
+    Disconnected(String),
+    Info(pb::InfoResponse),
+    Key(ratatui::crossterm::event::KeyEvent),
+    Resize,
+    /// An action finished: its description, or the error to show.
+    Done(Result<String, String>),
+    Tick,
+}
 
 pub async fn run(target: &Target) -> anyhow::Result<()> {
-    let _ = target.connect().await?;
-    anyhow::bail!("the console is not available in this build; use the subcommands (shoal --help)")
+    let theme = Theme::from_env().map_err(anyhow::Error::msg)?;
+    let client = target.connect().await?;
+    let (tx, mut rx) = mpsc::channel::<Message>(1024);
+    tokio::spawn(watch_loop(client.clone(), tx.clone()));
+    tokio::spawn(info_loop(client.clone(), tx.clone()));
+    spawn_input(tx.clone());
+
+    let mut terminal = ratatui::init();
+    let mut model = Model::default();
+    let mut app = App::default();
+    let result = async {
+        loop {
+            draw(&mut terminal, &app, &model, &theme)?;
+            let Some(first) = rx.recv().await else { break };
+            let mut pending = vec![first];
+            // Everything already queued is applied before the next frame.
+            while let Ok(more) = rx.try_recv() {
+                pending.push(more);
+            }
+            for message in pending {
+                handle(message, &mut app, &mut model, &client, &tx);
+            }
+            if app.quit {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    ratatui::restore();
+    result
 }
+
+fn draw(
+    terminal: &mut ratatui::DefaultTerminal,
+    app: &App,
+    model: &Model,
+    theme: &Theme,
+) -> anyhow::Result<()> {
+    // Synchronized output: slow links show whole frames, not tearing.
+    let mut out = std::io::stdout();
+    let _ = ratatui::crossterm::execute!(out, BeginSynchronizedUpdate);
+    terminal.draw(|frame| view::render(frame, app, model, theme, now_ms()))?;
+    let _ = ratatui::crossterm::execute!(out, EndSynchronizedUpdate);
+    Ok(())
+}
+
+fn handle(
+    message: Message,
+    app: &mut App,
+    model: &mut Model,
+    client: &Client,
+    tx: &mpsc::Sender<Message>,
+) {
+    match message {
+        Message::Watch(update) => {
+            let before = model.events.len();
+            let newest = model.events.front().cloned();
+            model.apply(update);
+            let fresh = model.events.front().filter(|e| Some(*e) != newest.as_ref());
+            if let Some(event) = fresh
+                && event.level == Level::Error
+                && model.events.len() >= before
+            {
+                // The alert: a banner in the status line and the bell.
+                app.status = Some((event.text.clone(), true));
+                let _ = std::io::stdout().write_all(b"\x07");
+            }
+        }
+        Message::Disconnected(reason) => model.connection = Connection::Lost(reason),
+        Message::Info(info) => model.info = Some(info),
+        Message::Key(key) => {
+            if let Some(action) = app.on_key(key, model) {
+                app.status = Some((format!("{}…", action.describe(model)), false));
+                tokio::spawn(perform(client.clone(), action, model.clone(), tx.clone()));
+            }
+        }
+        Message::Done(Ok(text)) => app.status = Some((text, false)),
+        Message::Done(Err(text)) => app.status = Some((text, true)),
+        Message::Resize | Message::Tick => {}
+    }
+}
+
+/// Reads the keyboard on its own thread: crossterm's reads block.
+fn spawn_input(tx: mpsc::Sender<Message>) {
+    std::thread::spawn(move || {
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            match event::poll(Duration::from_millis(500)) {
+                Ok(true) => {}
+                // Redraw now and then so ages stay current.
+                Ok(false) => {
+                    if tx.blocking_send(Message::Tick).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            }
+            let message = match event::read() {
+                Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => Message::Key(key),
+                Ok(Event::Resize(..)) => Message::Resize,
+                Ok(_) => continue,
+                Err(_) => return,
+            };
+            if tx.blocking_send(message).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Follows the store: a full copy, then changes; after a failure it
+/// reconnects with backoff and resumes from the last version seen.
+async fn watch_loop(mut client: Client, tx: mpsc::Sender<Message>) {
+    let mut version = 0;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let request = pb::WatchRequest {
+            kinds: Vec::new(),
+            since_version: version,
+        };
+        let reason = match client.watch(request).await {
+            Ok(response) => {
+                backoff = Duration::from_millis(250);
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.next().await {
+                        Some(Ok(message)) => {
+                            version = version.max(message.version);
+                            if tx.send(Message::Watch(message)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(status)) => break status.message().to_string(),
+                        None => break "the manager closed the stream".to_string(),
+                    }
+                }
+            }
+            Err(status) => status.message().to_string(),
+        };
+        if tx.send(Message::Disconnected(reason)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Raft health (leader, term, quorum) changes without store events.
+async fn info_loop(mut client: Client, tx: mpsc::Sender<Message>) {
+    loop {
+        if let Ok(info) = client.info(pb::InfoRequest {}).await
+            && tx.send(Message::Info(info.into_inner())).await.is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sender<Message>) {
+    let description = action.describe(&model);
+    let result = match &action {
+        Action::Scale { service, replicas } => {
+            update_service(&mut client, &model, service, |spec| {
+                spec.replicas = *replicas
+            })
+            .await
+        }
+        Action::UpdateImage { service, image } => {
+            update_service(&mut client, &model, service, |spec| {
+                if let Some(container) = spec
+                    .task
+                    .get_or_insert_with(Default::default)
+                    .container
+                    .as_mut()
+                {
+                    container.image = image.clone();
+                }
+            })
+            .await
+        }
+        Action::Rollback { service } => client
+            .update_service(pb::UpdateServiceRequest {
+                service: service.clone(),
+                version: 0,
+                spec: None,
+                rollback: true,
+            })
+            .await
+            .map(|_| ()),
+        Action::RemoveService { service } => client
+            .remove_service(pb::RemoveServiceRequest {
+                service: service.clone(),
+            })
+            .await
+            .map(|_| ()),
+        Action::Availability { node, availability } => {
+            update_node(&mut client, &model, node, |spec| {
+                spec.availability = *availability as i32
+            })
+            .await
+        }
+        Action::Role { node, role } => {
+            update_node(&mut client, &model, node, |spec| {
+                spec.desired_role = *role as i32
+            })
+            .await
+        }
+        Action::RemoveNode { node } => client
+            .remove_node(pb::RemoveNodeRequest {
+                node: node.clone(),
+                force: false,
+            })
+            .await
+            .map(|_| ()),
+        Action::Unlock { key } => client
+            .swarm_unlock(pb::SwarmUnlockRequest {
+                unlock_key: key.clone(),
+            })
+            .await
+            .map(|_| ()),
+    };
+    let outcome = match result {
+        Ok(()) => Ok(format!("done: {description}")),
+        Err(status) => Err(format!("{description} failed: {}", status.message())),
+    };
+    let _ = tx.send(Message::Done(outcome)).await;
+}
+
+async fn update_service(
+    client: &mut Client,
+    model: &Model,
+    service: &str,
+    change: impl FnOnce(&mut pb::ServiceSpec),
+) -> Result<(), tonic::Status> {
+    let current = model
+        .services
+        .get(service)
+        .ok_or_else(|| tonic::Status::not_found("the service is gone"))?;
+    let mut spec = current.spec.clone().unwrap_or_default();
+    change(&mut spec);
+    client
+        .update_service(pb::UpdateServiceRequest {
+            service: service.to_string(),
+            version: current.meta.as_ref().map_or(0, |m| m.version),
+            spec: Some(spec),
+            rollback: false,
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn update_node(
+    client: &mut Client,
+    model: &Model,
+    node: &str,
+    change: impl FnOnce(&mut pb::NodeSpec),
+) -> Result<(), tonic::Status> {
+    let current = model
+        .nodes
+        .get(node)
+        .ok_or_else(|| tonic::Status::not_found("the node is gone"))?;
+    let mut spec = current.spec.clone().unwrap_or_default();
+    change(&mut spec);
+    client
+        .update_node(pb::UpdateNodeRequest {
+            node: node.to_string(),
+            version: current.meta.as_ref().map_or(0, |m| m.version),
+            spec: Some(spec),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests;

@@ -34,11 +34,23 @@ pub struct DockerExecutor {
 }
 
 fn is_not_found(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 fn is_not_modified(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 304, .. })
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
 }
 
 fn engine_error(what: &str, e: DockerError) -> ExecError {
@@ -54,7 +66,8 @@ impl DockerExecutor {
                  shoald with --executor process"
             ))
         };
-        let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let docker =
+            Docker::connect_with_local_defaults().map_err(|e| unreachable(e.to_string()))?;
         match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
@@ -80,7 +93,10 @@ impl DockerExecutor {
     async fn find(&self, task_id: &str) -> Result<Option<String>, ExecError> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_TASK}={task_id}"), format!("{LABEL_NODE}={}", self.node_id)],
+            vec![
+                format!("{LABEL_TASK}={task_id}"),
+                format!("{LABEL_NODE}={}", self.node_id),
+            ],
         )]);
         let found = self
             .docker
@@ -224,7 +240,10 @@ impl Executor for DockerExecutor {
                 )
                 .await
                 .map_err(|e| match e {
-                    DockerError::DockerResponseServerError { status_code: 400, message } => {
+                    DockerError::DockerResponseServerError {
+                        status_code: 400,
+                        message,
+                    } => {
                         ExecError::Rejected(format!("the engine refused the container: {message}"))
                     }
                     e => engine_error("creating the container", e),
@@ -237,12 +256,22 @@ impl Executor for DockerExecutor {
     fn start<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
         async move {
             let id = self.container(&task.meta.id).await?;
-            match self.docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            match self
+                .docker
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(e) if is_not_modified(&e) => Ok(()),
-                Err(DockerError::DockerResponseServerError { status_code: 400, message }) => Err(
-                    ExecError::Rejected(format!("the container cannot start: {message}")),
-                ),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                }) => Err(ExecError::Rejected(format!(
+                    "the container cannot start: {message}"
+                ))),
                 Err(e) => Err(engine_error("starting the container", e)),
             }
         }
@@ -260,7 +289,10 @@ impl Executor for DockerExecutor {
             let _ = waiting.next().await;
             let inspected = self
                 .docker
-                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
                 .map_err(|e| engine_error("inspecting the container", e))?;
             let state = inspected.state.unwrap_or_default();
@@ -280,7 +312,10 @@ impl Executor for DockerExecutor {
             let id = self.container(&task.meta.id).await?;
             let inspected = self
                 .docker
-                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
                 .map_err(|e| engine_error("inspecting the container", e))?;
             let status = inspected
@@ -351,7 +386,11 @@ impl Executor for DockerExecutor {
                 .map_err(|e| engine_error("listing containers", e))?;
             let mut existing = Vec::new();
             for summary in found {
-                let Some(task_id) = summary.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).cloned()
+                let Some(task_id) = summary
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_TASK))
+                    .cloned()
                 else {
                     continue;
                 };
@@ -361,7 +400,10 @@ impl Executor for DockerExecutor {
                     None
                 } else {
                     self.docker
-                        .inspect_container(&container_id, None::<bollard::query_parameters::InspectContainerOptions>)
+                        .inspect_container(
+                            &container_id,
+                            None::<bollard::query_parameters::InspectContainerOptions>,
+                        )
                         .await
                         .ok()
                         .and_then(|i| i.state)
@@ -393,7 +435,9 @@ impl Executor for DockerExecutor {
                 stderr: options.stderr,
                 since: options.since_ns.map_or(0, |ns| (ns / 1_000_000_000) as i32),
                 timestamps: true,
-                tail: options.tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+                tail: options
+                    .tail
+                    .map_or_else(|| "all".to_string(), |n| n.to_string()),
                 ..Default::default()
             };
             let since_ns = options.since_ns;
@@ -402,9 +446,15 @@ impl Executor for DockerExecutor {
                 .logs(&id, Some(query))
                 .filter_map(move |item| {
                     let entry = match item {
-                        Ok(LogOutput::StdOut { message }) => parse_line(LogSource::Stdout, &message),
-                        Ok(LogOutput::StdErr { message }) => parse_line(LogSource::Stderr, &message),
-                        Ok(LogOutput::Console { message }) => parse_line(LogSource::Stdout, &message),
+                        Ok(LogOutput::StdOut { message }) => {
+                            parse_line(LogSource::Stdout, &message)
+                        }
+                        Ok(LogOutput::StdErr { message }) => {
+                            parse_line(LogSource::Stderr, &message)
+                        }
+                        Ok(LogOutput::Console { message }) => {
+                            parse_line(LogSource::Stdout, &message)
+                        }
                         _ => None,
                     };
                     let entry = entry.filter(|e| since_ns.is_none_or(|s| e.timestamp_ns >= s));
@@ -450,7 +500,10 @@ mod tests {
         fn new() -> Self {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/images/build.sh");
             let built = std::process::Command::new("bash").arg(script).status();
-            assert!(built.is_ok_and(|s| s.success()), "building test images failed");
+            assert!(
+                built.is_ok_and(|s| s.success()),
+                "building test images failed"
+            );
             Engine {
                 node_id: crate::ids::new_id(),
             }
@@ -460,11 +513,18 @@ mod tests {
     impl Drop for Engine {
         fn drop(&mut self) {
             let out = std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter", &format!("label={LABEL_NODE}={}", self.node_id)])
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label={LABEL_NODE}={}", self.node_id),
+                ])
                 .output();
             if let Ok(out) = out {
                 for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f", id])
+                        .output();
                 }
             }
         }
@@ -489,7 +549,11 @@ mod tests {
         let docker = DockerExecutor::connect(&engine.node_id).await.unwrap();
         let t = task(IMAGE, &["sh", "-c", "echo one; echo two >&2; exit 7"]);
         let id = docker.prepare(&t).await.unwrap();
-        assert_eq!(docker.prepare(&t).await.unwrap(), id, "prepare is idempotent");
+        assert_eq!(
+            docker.prepare(&t).await.unwrap(),
+            id,
+            "prepare is idempotent"
+        );
         docker.start(&t).await.unwrap();
         assert_eq!(docker.wait(&t).await.unwrap().code, 7);
         let options = LogOptions {
@@ -497,12 +561,27 @@ mod tests {
             stderr: true,
             ..Default::default()
         };
-        let lines: Vec<LogEntry> = docker.logs(&t, options.clone()).await.unwrap().collect().await;
+        let lines: Vec<LogEntry> = docker
+            .logs(&t, options.clone())
+            .await
+            .unwrap()
+            .collect()
+            .await;
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines.iter().all(|l| l.timestamp_ns > 0));
-        assert!(lines.iter().any(|l| l.source == LogSource::Stderr && l.data == b"two"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.source == LogSource::Stderr && l.data == b"two")
+        );
         let tail: Vec<LogEntry> = docker
-            .logs(&t, LogOptions { tail: Some(1), ..options })
+            .logs(
+                &t,
+                LogOptions {
+                    tail: Some(1),
+                    ..options
+                },
+            )
             .await
             .unwrap()
             .collect()

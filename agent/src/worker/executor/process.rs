@@ -159,9 +159,9 @@ impl Executor for ProcessExecutor {
             if !container.dir.is_empty() {
                 command.current_dir(&container.dir);
             }
-            let mut child = command.spawn().map_err(|e| {
-                ExecError::Rejected(format!("cannot run {:?}: {e}", argv[0]))
-            })?;
+            let mut child = command
+                .spawn()
+                .map_err(|e| ExecError::Rejected(format!("cannot run {:?}: {e}", argv[0])))?;
             let pid = child.id().unwrap_or(0);
             let (exit_tx, exit_rx) = watch::channel(None);
             let output = tokio::fs::OpenOptions::new()
@@ -185,13 +185,22 @@ impl Executor for ProcessExecutor {
                     let _ = copier.await;
                 }
                 let exit = match status {
-                    Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-                        (Some(code), _) => Exit { code, message: None },
+                    Ok(status) => match (
+                        status.code(),
+                        std::os::unix::process::ExitStatusExt::signal(&status),
+                    ) {
+                        (Some(code), _) => Exit {
+                            code,
+                            message: None,
+                        },
                         (None, Some(signal)) => Exit {
                             code: 128 + signal,
                             message: Some(format!("killed by signal {signal}")),
                         },
-                        (None, None) => Exit { code: -1, message: None },
+                        (None, None) => Exit {
+                            code: -1,
+                            message: None,
+                        },
                     },
                     Err(e) => Exit {
                         code: -1,
@@ -201,9 +210,10 @@ impl Executor for ProcessExecutor {
                 let _ = tokio::fs::write(&exit_path, exit.code.to_string()).await;
                 let _ = exit_tx.send(Some(exit));
             });
-            self.running
-                .lock()
-                .insert(task.meta.id.clone(), Arc::new(Running { pid, exit: exit_rx }));
+            self.running.lock().insert(
+                task.meta.id.clone(),
+                Arc::new(Running { pid, exit: exit_rx }),
+            );
             Ok(())
         }
         .boxed()
@@ -232,7 +242,13 @@ impl Executor for ProcessExecutor {
 
     fn health<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Health, ExecError>> {
         async move {
-            let Some(check) = task.spec.container.healthcheck.as_ref().filter(|_| !task.spec.container.no_healthcheck) else {
+            let Some(check) = task
+                .spec
+                .container
+                .healthcheck
+                .as_ref()
+                .filter(|_| !task.spec.container.no_healthcheck)
+            else {
                 return Ok(Health::None);
             };
             let command = match check.test.first().map(String::as_str) {
@@ -262,7 +278,9 @@ impl Executor for ProcessExecutor {
     fn stop<'a>(&'a self, task: &'a Task, grace: Duration) -> BoxFuture<'a, Result<(), ExecError>> {
         async move {
             let running = self.running.lock().get(&task.meta.id).cloned();
-            let Some(running) = running else { return Ok(()) };
+            let Some(running) = running else {
+                return Ok(());
+            };
             let exited = running.exit.borrow().is_some();
             if exited {
                 return Ok(());
@@ -341,13 +359,19 @@ impl Executor for ProcessExecutor {
                 Err(e) => return Err(runtime_error("reading the task's output", e)),
             };
             let wanted = move |entry: &LogEntry| {
-                options.since_ns.is_none_or(|since| entry.timestamp_ns >= since)
+                options
+                    .since_ns
+                    .is_none_or(|since| entry.timestamp_ns >= since)
                     && match entry.source {
                         LogSource::Stdout => options.stdout,
                         LogSource::Stderr => options.stderr,
                     }
             };
-            let mut lines: Vec<LogEntry> = history.lines().filter_map(parse_record).filter(|e| wanted(e)).collect();
+            let mut lines: Vec<LogEntry> = history
+                .lines()
+                .filter_map(parse_record)
+                .filter(|e| wanted(e))
+                .collect();
             if let Some(tail) = options.tail {
                 let skip = lines.len().saturating_sub(tail as usize);
                 lines.drain(..skip);
@@ -391,7 +415,11 @@ fn parse_record(line: &str) -> Option<LogEntry> {
     let (source, data) = rest.split_once(' ').unwrap_or((rest, ""));
     Some(LogEntry {
         timestamp_ns: ts.parse().ok()?,
-        source: if source == "e" { LogSource::Stderr } else { LogSource::Stdout },
+        source: if source == "e" {
+            LogSource::Stderr
+        } else {
+            LogSource::Stdout
+        },
         data: data.as_bytes().to_vec(),
     })
 }
@@ -404,29 +432,32 @@ fn follow_file(
     exit: watch::Receiver<Option<Exit>>,
 ) -> BoxStream<'static, LogEntry> {
     let state = (path, offset, exit, Vec::<LogEntry>::new(), false);
-    futures::stream::unfold(state, |(path, mut offset, exit, mut queued, mut done)| async move {
-        loop {
-            if let Some(entry) = queued.pop() {
-                return Some((entry, (path, offset, exit, queued, done)));
+    futures::stream::unfold(
+        state,
+        |(path, mut offset, exit, mut queued, mut done)| async move {
+            loop {
+                if let Some(entry) = queued.pop() {
+                    return Some((entry, (path, offset, exit, queued, done)));
+                }
+                if done {
+                    return None;
+                }
+                let exited = exit.borrow().is_some();
+                let fresh = read_from(&path, offset).await;
+                offset += fresh.len() as u64;
+                // Only whole lines; a partial one waits for the next read.
+                let complete = fresh.rfind('\n').map_or(0, |i| i + 1);
+                offset -= (fresh.len() - complete) as u64;
+                queued = fresh[..complete].lines().filter_map(parse_record).collect();
+                queued.reverse();
+                if exited {
+                    done = true;
+                } else if queued.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
-            if done {
-                return None;
-            }
-            let exited = exit.borrow().is_some();
-            let fresh = read_from(&path, offset).await;
-            offset += fresh.len() as u64;
-            // Only whole lines; a partial one waits for the next read.
-            let complete = fresh.rfind('\n').map_or(0, |i| i + 1);
-            offset -= (fresh.len() - complete) as u64;
-            queued = fresh[..complete].lines().filter_map(parse_record).collect();
-            queued.reverse();
-            if exited {
-                done = true;
-            } else if queued.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    })
+        },
+    )
     .boxed()
 }
 
@@ -469,17 +500,33 @@ mod tests {
     async fn a_process_runs_exits_and_leaves_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
-        let t = task("t1", &["sh", "-c", "echo one; echo two >&2; echo three; exit 3"]);
+        let t = task(
+            "t1",
+            &["sh", "-c", "echo one; echo two >&2; echo three; exit 3"],
+        );
         exec.prepare(&t).await.unwrap();
         exec.start(&t).await.unwrap();
         exec.start(&t).await.unwrap();
         assert_eq!(exec.wait(&t).await.unwrap().code, 3);
         let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
-        let text: Vec<String> = lines.iter().map(|l| String::from_utf8_lossy(&l.data).into_owned()).collect();
+        let text: Vec<String> = lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+            .collect();
         assert_eq!(text.len(), 3);
-        assert!(lines.iter().any(|l| l.source == LogSource::Stderr && l.data == b"two"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.source == LogSource::Stderr && l.data == b"two")
+        );
         let tail: Vec<LogEntry> = exec
-            .logs(&t, LogOptions { tail: Some(1), ..all_output() })
+            .logs(
+                &t,
+                LogOptions {
+                    tail: Some(1),
+                    ..all_output()
+                },
+            )
             .await
             .unwrap()
             .collect()
@@ -496,11 +543,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
         // The trap ignores SIGTERM, so only SIGKILL after the grace ends it.
-        let t = task("t2", &["sh", "-c", "trap '' TERM; echo ready; sleep 30 & wait"]);
+        let t = task(
+            "t2",
+            &["sh", "-c", "trap '' TERM; echo ready; sleep 30 & wait"],
+        );
         exec.prepare(&t).await.unwrap();
         exec.start(&t).await.unwrap();
-        let mut follow = exec.logs(&t, LogOptions { follow: true, ..all_output() }).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.unwrap().unwrap();
+        let mut follow = exec
+            .logs(
+                &t,
+                LogOptions {
+                    follow: true,
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(first.data, b"ready");
         let started = std::time::Instant::now();
         exec.stop(&t, Duration::from_millis(300)).await.unwrap();
@@ -518,6 +580,9 @@ mod tests {
         t.spec.container.image = "nginx".into();
         let err = exec.prepare(&t).await.unwrap_err();
         assert!(matches!(err, ExecError::Rejected(_)));
-        assert!(err.to_string().contains("give the service a command"), "{err}");
+        assert!(
+            err.to_string().contains("give the service a command"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,534 @@
+//! Drawing: a pure function of the model, the UI state and the time, so
+//! that a frame can be tested on a `TestBackend`.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
+use shoal_proto::v1 as pb;
+
+use super::app::{App, KEYS, Mode, PromptKind, View};
+use super::state::{Connection, Level, Model};
+use super::theme::Theme;
+use crate::cli::output::{
+    availability_name, capitalize, manager_status_name, node_state_name, short, task_state_name,
+    update_state_name,
+};
+
+pub fn image_of(service: &pb::Service) -> String {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task.as_ref())
+        .and_then(|t| t.container.as_ref())
+        .map(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// "3m", "2h", as compact as an 80-column table needs.
+fn age(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return String::new();
+    }
+    let s = ((now_ms - then_ms).max(0) / 1000) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms: i64) {
+    let area = frame.area();
+    if area.width < 40 || area.height < 10 {
+        frame.render_widget(
+            Paragraph::new("terminal too small for the console: 40x10 at least")
+                .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let [header, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(2),
+    ])
+    .areas(area);
+    render_header(frame, header, app, model, theme);
+    match app.view {
+        View::Nodes => render_nodes(frame, body, app, model, theme),
+        View::Services => render_services(frame, body, app, model, theme),
+        View::Tasks => render_tasks(frame, body, app, model, theme, now_ms),
+        View::Events => render_events(frame, body, app, model, theme, now_ms),
+        View::Cluster => render_cluster(frame, body, model, theme),
+    }
+    render_footer(frame, footer, app, model, theme);
+    if app.mode == Mode::Help {
+        render_help(frame, area, theme);
+    }
+}
+
+fn render_header(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let info = model.info.clone().unwrap_or_default();
+    let leader = info
+        .manager_list
+        .iter()
+        .find(|m| m.leader)
+        .map(|m| m.hostname.clone())
+        .unwrap_or_else(|| "none".into());
+    let connection = match &model.connection {
+        Connection::Live => String::new(),
+        Connection::Connecting => " · connecting…".into(),
+        Connection::Lost(_) => " · DISCONNECTED, reconnecting… (showing last known state)".into(),
+    };
+    let locked = if info.state == pb::LocalNodeState::Locked as i32 {
+        " · LOCKED (U to unlock)"
+    } else {
+        ""
+    };
+    let text = format!(
+        " shoal · {} · {} · leader {} · {}/{} managers · {} nodes{}{}",
+        if info.cluster_id.is_empty() {
+            "-".into()
+        } else {
+            short(&info.cluster_id).to_string()
+        },
+        app.view.name(),
+        leader,
+        info.reachable_managers,
+        info.managers,
+        model.nodes.len(),
+        locked,
+        connection,
+    );
+    let style = if matches!(model.connection, Connection::Lost(_)) || !locked.is_empty() {
+        theme.header.patch(theme.error)
+    } else {
+        theme.header
+    };
+    frame.render_widget(Paragraph::new(text).style(style), area);
+}
+
+fn table<'a>(
+    header: &[&'a str],
+    rows: Vec<Row<'a>>,
+    widths: &[Constraint],
+    title: String,
+    theme: &Theme,
+) -> Table<'a> {
+    Table::new(rows, widths.to_vec())
+        .header(Row::new(header.to_vec()).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(theme.border)
+                .title(title),
+        )
+        .row_highlight_style(theme.selected)
+}
+
+fn state_style(theme: &Theme, good: bool, bad: bool) -> Style {
+    if bad {
+        theme.error
+    } else if good {
+        theme.ok
+    } else {
+        theme.warn
+    }
+}
+
+fn selection(app: &App, rows: usize) -> TableState {
+    let mut state = TableState::default();
+    if rows > 0 {
+        state.select(Some(app.selected().min(rows - 1)));
+    }
+    state
+}
+
+fn filter_title(base: &str, app: &App) -> String {
+    if app.filter.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} (filter: {})", app.filter)
+    }
+}
+
+fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let ids = app.rows(model);
+    let local = model
+        .info
+        .as_ref()
+        .map(|i| i.node_id.clone())
+        .unwrap_or_default();
+    let rows: Vec<Row> = ids
+        .iter()
+        .filter_map(|id| model.nodes.get(id))
+        .map(|node| {
+            let id = node.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+            let state = node.status.as_ref().map_or(0, |s| s.state);
+            let availability = node.spec.as_ref().map_or(0, |s| s.availability);
+            let manager = manager_status_name(node).unwrap_or("");
+            Row::new(vec![
+                Cell::from(format!(
+                    "{}{}",
+                    short(&id),
+                    if id == local { "*" } else { "" }
+                )),
+                Cell::from(
+                    node.description
+                        .as_ref()
+                        .map(|d| d.hostname.clone())
+                        .unwrap_or_default(),
+                ),
+                Cell::from(capitalize(node_state_name(state))).style(state_style(
+                    theme,
+                    state == pb::NodeState::Ready as i32,
+                    state == pb::NodeState::Down as i32,
+                )),
+                Cell::from(capitalize(availability_name(availability))).style(state_style(
+                    theme,
+                    availability == pb::NodeAvailability::Active as i32,
+                    false,
+                )),
+                Cell::from(capitalize(manager)).style(state_style(
+                    theme,
+                    manager != "unreachable",
+                    manager == "unreachable",
+                )),
+                Cell::from(model.running_on(&id).to_string()),
+            ])
+        })
+        .collect();
+    let count = rows.len();
+    let widget = table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER",
+            "TASKS",
+        ],
+        rows,
+        &[
+            Constraint::Length(13),
+            Constraint::Min(10),
+            Constraint::Length(8),
+            Constraint::Length(12),
+            Constraint::Length(11),
+            Constraint::Length(5),
+        ],
+        filter_title("Nodes", app),
+        theme,
+    );
+    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+}
+
+fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let ids = app.rows(model);
+    let rows: Vec<Row> = ids
+        .iter()
+        .filter_map(|id| model.services.get(id))
+        .map(|service| {
+            let spec = service.spec.clone().unwrap_or_default();
+            let (running, desired) = model.replicas(service);
+            let update = service.update_status.as_ref().map(|u| u.state);
+            let paused = matches!(
+                update.and_then(|u| pb::UpdateState::try_from(u).ok()),
+                Some(pb::UpdateState::Paused | pb::UpdateState::RollbackPaused)
+            );
+            Row::new(vec![
+                Cell::from(spec.name.clone()),
+                Cell::from(if spec.mode == pb::ServiceMode::Global as i32 {
+                    "global"
+                } else {
+                    "replicated"
+                }),
+                Cell::from(format!("{running}/{desired}")).style(state_style(
+                    theme,
+                    running == desired,
+                    running == 0 && desired > 0,
+                )),
+                Cell::from(image_of(service)),
+                Cell::from(
+                    update
+                        .map(|u| update_state_name(u).replace('_', " "))
+                        .unwrap_or_default(),
+                )
+                .style(if paused { theme.error } else { theme.text }),
+            ])
+        })
+        .collect();
+    let count = rows.len();
+    let widget = table(
+        &["NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE"],
+        rows,
+        &[
+            Constraint::Min(12),
+            Constraint::Length(10),
+            Constraint::Length(8),
+            Constraint::Min(16),
+            Constraint::Length(16),
+        ],
+        filter_title("Services (Enter: tasks)", app),
+        theme,
+    );
+    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+}
+
+fn render_tasks(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    model: &Model,
+    theme: &Theme,
+    now_ms: i64,
+) {
+    let Some(service_id) = &app.focus_service else {
+        frame.render_widget(
+            Paragraph::new(
+                "Select a service in the services view (2) and press Enter to see its tasks.",
+            )
+            .block(Block::default().borders(Borders::TOP).title("Tasks")),
+            area,
+        );
+        return;
+    };
+    let name = model
+        .services
+        .get(service_id)
+        .and_then(|s| s.spec.as_ref())
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "(removed)".into());
+    let ids = app.rows(model);
+    let mut previous_slot = None;
+    let rows: Vec<Row> = ids
+        .iter()
+        .filter_map(|id| model.tasks.get(id))
+        .map(|task| {
+            let status = task.status.clone().unwrap_or_default();
+            let slot = super::state::slot_key(task);
+            let base = if task.slot > 0 {
+                format!("{}.{}", task.service_name, task.slot)
+            } else {
+                format!("{}.{}", task.service_name, model.hostname(&task.node_id))
+            };
+            let label = if previous_slot.as_ref() == Some(&slot) {
+                format!(" \\_ {base}")
+            } else {
+                base
+            };
+            previous_slot = Some(slot);
+            let failed = matches!(
+                pb::TaskState::try_from(status.state),
+                Ok(pb::TaskState::Failed | pb::TaskState::Rejected)
+            );
+            let running = status.state == pb::TaskState::Running as i32;
+            Row::new(vec![
+                Cell::from(label),
+                Cell::from(
+                    task.spec
+                        .as_ref()
+                        .and_then(|s| s.container.as_ref())
+                        .map(|c| c.image.clone())
+                        .unwrap_or_default(),
+                ),
+                Cell::from(if task.node_id.is_empty() {
+                    String::new()
+                } else {
+                    model.hostname(&task.node_id)
+                }),
+                Cell::from(capitalize(task_state_name(task.desired_state))),
+                Cell::from(format!(
+                    "{} {}",
+                    capitalize(task_state_name(status.state)),
+                    age(now_ms, status.timestamp_ms)
+                ))
+                .style(state_style(theme, running, failed)),
+                Cell::from(status.err.clone()).style(theme.error),
+            ])
+        })
+        .collect();
+    let count = rows.len();
+    let widget = table(
+        &["NAME", "IMAGE", "NODE", "DESIRED", "CURRENT", "ERROR"],
+        rows,
+        &[
+            Constraint::Length(15),
+            Constraint::Length(13),
+            Constraint::Length(10),
+            Constraint::Length(8),
+            Constraint::Length(12),
+            Constraint::Min(10),
+        ],
+        filter_title(&format!("Tasks of {name}"), app),
+        theme,
+    );
+    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+}
+
+fn render_events(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    model: &Model,
+    theme: &Theme,
+    now_ms: i64,
+) {
+    let ids = app.rows(model);
+    let rows: Vec<Row> = ids
+        .iter()
+        .filter_map(|i| i.parse::<usize>().ok())
+        .filter_map(|i| model.events.get(i))
+        .map(|event| {
+            let style = match event.level {
+                Level::Info => theme.text,
+                Level::Warn => theme.warn,
+                Level::Error => theme.error,
+            };
+            Row::new(vec![
+                Cell::from(format!("{} ago", age(now_ms, event.time_ms))).style(theme.dim),
+                Cell::from(event.text.clone()).style(style),
+            ])
+        })
+        .collect();
+    let count = rows.len();
+    let widget = table(
+        &["WHEN", "EVENT"],
+        rows,
+        &[Constraint::Length(8), Constraint::Min(20)],
+        filter_title("Events (newest first)", app),
+        theme,
+    );
+    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+}
+
+fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let info = model.info.clone().unwrap_or_default();
+    let mut lines = vec![
+        Line::from(format!("Cluster      {}", info.cluster_id)),
+        Line::from(format!(
+            "This node    {} ({})",
+            info.hostname,
+            short(&info.node_id)
+        )),
+        Line::from(format!(
+            "Raft         term {}, commit index {}, applied {}",
+            info.raft_term, info.commit_index, info.applied_index
+        )),
+        Line::from(vec![
+            Span::raw(format!(
+                "Quorum       {} of {} managers reachable, ",
+                info.reachable_managers, info.managers
+            )),
+            Span::styled(
+                format!("{} more can fail", info.fault_tolerance.max(0)),
+                if info.fault_tolerance > 0 {
+                    theme.ok
+                } else {
+                    theme.warn
+                },
+            ),
+        ]),
+        Line::from(format!(
+            "Autolock     {}",
+            if info.autolock { "on" } else { "off" }
+        )),
+        Line::from(""),
+        Line::from(Span::styled(
+            "Managers",
+            Style::default().add_modifier(Modifier::BOLD),
+        )),
+    ];
+    for manager in &info.manager_list {
+        let reachable =
+            manager.reachability == pb::Reachability::Reachable as i32 || manager.leader;
+        lines.push(Line::from(vec![
+            Span::raw(format!("  {:<12} {:<22} ", manager.hostname, manager.addr)),
+            Span::styled(
+                if manager.leader {
+                    "leader"
+                } else if reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                },
+                state_style(theme, reachable, !reachable),
+            ),
+        ]));
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(theme.border)
+                .title("Cluster health"),
+        ),
+        area,
+    );
+}
+
+fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let [status, keys] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let line = match &app.mode {
+        Mode::Filter => Line::from(format!("/{}", app.filter)),
+        Mode::Command(text) => Line::from(format!(":{text}")),
+        Mode::Prompt { kind, input } => Line::from(match kind {
+            PromptKind::Scale { .. } => format!("replicas: {input}"),
+            PromptKind::Image { .. } => format!("new image: {input}"),
+            PromptKind::UnlockKey => format!("unlock key: {}", "*".repeat(input.chars().count())),
+        }),
+        Mode::Confirm(action) => Line::from(Span::styled(
+            format!("{}? (y/N)", capitalize(&action.describe(model))),
+            theme.warn,
+        )),
+        _ => match (&app.status, model.events.front()) {
+            (Some((text, error)), _) => Line::from(Span::styled(
+                text.clone(),
+                if *error { theme.error } else { theme.ok },
+            )),
+            (None, _) => Line::from(""),
+        },
+    };
+    frame.render_widget(Paragraph::new(line), status);
+    let hints = match app.view {
+        View::Nodes => "a/p/D avail  +/- role  x rm  / filter  ? help  q quit",
+        View::Services => "Enter tasks  s scale  u update  r rollback  d rm  ? help  q quit",
+        _ => "1-5 views  j/k move  / filter  ? help  q quit",
+    };
+    frame.render_widget(Paragraph::new(hints).style(theme.dim), keys);
+}
+
+fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
+    let width = area.width.min(76);
+    let height = (KEYS.len() as u16 + 3).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let rows: Vec<Row> = KEYS
+        .iter()
+        .map(|(keys, scope, what)| Row::new(vec![*keys, *scope, *what]))
+        .collect();
+    let widget = Table::new(
+        rows,
+        [
+            Constraint::Length(11),
+            Constraint::Length(9),
+            Constraint::Min(10),
+        ],
+    )
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.border)
+            .title("Keys (any key closes)"),
+    );
+    frame.render_widget(Clear, popup);
+    frame.render_widget(widget, popup);
+}
