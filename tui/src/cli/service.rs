@@ -696,9 +696,9 @@ fn service_detail(service: &pb::Service) -> Value {
     let spec = service.spec.clone().unwrap_or_default();
     let task = spec.task.clone().unwrap_or_default();
     let container = task.container.clone().unwrap_or_default();
-    let restart = task.restart.clone().unwrap_or_default();
+    let restart = task.restart.unwrap_or_default();
     let placement = task.placement.clone().unwrap_or_default();
-    let update = spec.update.clone().unwrap_or_default();
+    let update = spec.update.unwrap_or_default();
     let config = |u: &pb::UpdateConfig| {
         json!({
             "parallelism": u.parallelism,
@@ -757,7 +757,7 @@ fn service_detail(service: &pb::Service) -> Value {
                 "max_replicas_per_node": placement.max_replicas_per_node,
             },
             "update": config(&update),
-            "rollback": config(&spec.rollback.clone().unwrap_or_default()),
+            "rollback": config(&spec.rollback.unwrap_or_default()),
         },
         "previous_image": service.previous_spec.as_ref().map(image_of),
         "update_status": service.update_status.as_ref().map(|u| json!({

@@ -6,10 +6,11 @@
 //! Drawing is a pure function of that state ([`view::render`]), so the UI
 //! never waits on the network.
 //!
-//! - [`state`]: the cluster as the console knows it, and the event log.
-//! - [`app`]: views, selection, prompts; keys become [`app::Action`]s.
-//! - [`view`]: rendering.
-//! - [`theme`]: colour themes.
+//! - [`state`] holds the cluster as the console knows it, and the event log.
+//! - [`app`] holds views, selection and prompts; keys become actions
+//!   ([`app::Action`]).
+//! - [`view`] draws the screens.
+//! - [`theme`] reads colour themes.
 
 pub mod app;
 pub mod state;
@@ -37,9 +38,9 @@ type Client = ControlClient<Channel>;
 
 /// What the loop reacts to.
 enum Message {
-    Watch(pb::WatchMessage),
+    Watch(Box<pb::WatchMessage>),
     Disconnected(String),
-    Info(pb::InfoResponse),
+    Info(Box<pb::InfoResponse>),
     Key(ratatui::crossterm::event::KeyEvent),
     Resize,
     /// An action finished: its description, or the error to show.
@@ -106,7 +107,7 @@ fn handle(
         Message::Watch(update) => {
             let before = model.events.len();
             let newest = model.events.front().cloned();
-            model.apply(update);
+            model.apply(*update);
             let fresh = model.events.front().filter(|e| Some(*e) != newest.as_ref());
             if let Some(event) = fresh
                 && event.level == Level::Error
@@ -118,7 +119,7 @@ fn handle(
             }
         }
         Message::Disconnected(reason) => model.connection = Connection::Lost(reason),
-        Message::Info(info) => model.info = Some(info),
+        Message::Info(info) => model.info = Some(*info),
         Message::Key(key) => {
             if let Some(action) = app.on_key(key, model) {
                 app.status = Some((format!("{}…", action.describe(model)), false));
@@ -180,7 +181,7 @@ async fn watch_loop(mut client: Client, tx: mpsc::Sender<Message>) {
                     match stream.next().await {
                         Some(Ok(message)) => {
                             version = version.max(message.version);
-                            if tx.send(Message::Watch(message)).await.is_err() {
+                            if tx.send(Message::Watch(Box::new(message))).await.is_err() {
                                 return;
                             }
                         }
@@ -203,7 +204,10 @@ async fn watch_loop(mut client: Client, tx: mpsc::Sender<Message>) {
 async fn info_loop(mut client: Client, tx: mpsc::Sender<Message>) {
     loop {
         if let Ok(info) = client.info(pb::InfoRequest {}).await
-            && tx.send(Message::Info(info.into_inner())).await.is_err()
+            && tx
+                .send(Message::Info(Box::new(info.into_inner())))
+                .await
+                .is_err()
         {
             return;
         }

@@ -101,6 +101,9 @@ impl Reconciler for Updates {
     }
 }
 
+/// A slot's tasks with an outdated spec, and with the current one.
+type OldAndNew = (Vec<Arc<Task>>, Vec<Arc<Task>>);
+
 /// What a service's slots look like against its current spec.
 struct Plan {
     /// Slots holding only outdated tasks, in slot order.
@@ -123,7 +126,7 @@ impl Plan {
             .as_ref()
             .map_or(0, |status| status.started_at);
         let monitor = service_config(service).monitor_ms as i64;
-        let mut slots: BTreeMap<(u64, String), (Vec<Arc<Task>>, Vec<Arc<Task>>)> = BTreeMap::new();
+        let mut slots: BTreeMap<(u64, String), OldAndNew> = BTreeMap::new();
         let mut failures = Vec::new();
         for task in tables.tasks_of_service(&service.meta.id) {
             let current = &task.spec == wanted;
