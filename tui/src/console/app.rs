@@ -165,6 +165,7 @@ pub struct App {
     /// The last action's outcome: (text, is error).
     pub status: Option<(String, bool)>,
     pub quit: bool,
+    last_bell: Option<std::time::Instant>,
 }
 
 impl Default for App {
@@ -177,6 +178,7 @@ impl Default for App {
             focus_service: None,
             status: None,
             quit: false,
+            last_bell: None,
         }
     }
 }
@@ -186,6 +188,17 @@ fn index(view: View) -> usize {
 }
 
 impl App {
+    /// Whether an alert may ring the bell now; records it if so.
+    pub fn bell_due(&mut self, now: std::time::Instant) -> bool {
+        let due = self
+            .last_bell
+            .is_none_or(|last| now.duration_since(last) >= std::time::Duration::from_secs(30));
+        if due {
+            self.last_bell = Some(now);
+        }
+        due
+    }
+
     pub fn selected(&self) -> usize {
         self.selected[index(self.view)]
     }

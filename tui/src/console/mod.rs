@@ -113,9 +113,13 @@ fn handle(
                 && event.level == Level::Error
                 && model.events.len() >= before
             {
-                // The alert: a banner in the status line and the bell.
+                // The alert: a banner in the status line, and the bell
+                // (at most every half minute: a crash loop must not ring
+                // all night).
                 app.status = Some((event.text.clone(), true));
-                let _ = std::io::stdout().write_all(b"\x07");
+                if app.bell_due(std::time::Instant::now()) {
+                    let _ = std::io::stdout().write_all(b"\x07");
+                }
             }
         }
         Message::Disconnected(reason) => model.connection = Connection::Lost(reason),

@@ -334,7 +334,13 @@ impl Model {
             .count() as u64;
         let spec = service.spec.clone().unwrap_or_default();
         let desired = if spec.mode == pb::ServiceMode::Global as i32 {
-            service.replicas_desired
+            // One per eligible node: the nodes the orchestrator gave a task.
+            self.tasks
+                .values()
+                .filter(|t| t.service_id == id && t.desired_state <= pb::TaskState::Running as i32)
+                .map(|t| t.node_id.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64
         } else {
             spec.replicas
         };
