@@ -38,6 +38,14 @@ pub struct Dispatcher {
     last_seen: Mutex<HashMap<String, Instant>>,
     started: Instant,
     statuses: mpsc::Sender<StatusBatch>,
+    /// Readers of `Logs`, by subscription id.
+    log_readers: Mutex<HashMap<String, mpsc::Sender<PublishedLogs>>>,
+}
+
+/// Log lines a node published for a subscription.
+pub struct PublishedLogs {
+    pub node_id: String,
+    pub message: pb::PublishLogsMessage,
 }
 
 struct StatusBatch {
@@ -62,6 +70,7 @@ struct Pending {
     node: bool,
     managers: bool,
     cluster: bool,
+    log_subscriptions: Vec<pb::LogSubscription>,
 }
 
 impl Dispatcher {
@@ -74,6 +83,7 @@ impl Dispatcher {
             last_seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
             statuses,
+            log_readers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(route_changes(dispatcher.clone()));
         tokio::spawn(watch_heartbeats(dispatcher.clone()));
@@ -245,6 +255,70 @@ impl Dispatcher {
         self.sessions.lock().values().cloned().collect()
     }
 
+    /// Asks `nodes` to publish the logs `selector` picks; returns the
+    /// subscription id, the receiver of what they publish, and the nodes
+    /// that have no session (they cannot answer).
+    pub fn subscribe_logs(
+        &self,
+        selector: pb::LogSelector,
+        options: pb::LogsOptions,
+        nodes: &[String],
+    ) -> (String, mpsc::Receiver<PublishedLogs>, Vec<String>) {
+        let id = crate::ids::new_id();
+        // Bounded: a slow reader makes publishers drop (and count) lines
+        // instead of stalling the node or the manager.
+        let (tx, rx) = mpsc::channel(256);
+        self.log_readers.lock().insert(id.clone(), tx);
+        let subscription = pb::LogSubscription {
+            id: id.clone(),
+            selector: Some(selector),
+            options: Some(options),
+            close: false,
+        };
+        let mut unreachable = Vec::new();
+        let sessions = self.sessions.lock();
+        for node in nodes {
+            match sessions.get(node) {
+                Some(session) => session.touch(|p| p.log_subscriptions.push(subscription.clone())),
+                None => unreachable.push(node.clone()),
+            }
+        }
+        (id, rx, unreachable)
+    }
+
+    /// Ends a subscription: the reader went away or has everything.
+    pub fn close_logs(&self, id: &str, nodes: &[String]) {
+        self.log_readers.lock().remove(id);
+        let close = pb::LogSubscription {
+            id: id.to_string(),
+            close: true,
+            ..Default::default()
+        };
+        let sessions = self.sessions.lock();
+        for node in nodes {
+            if let Some(session) = sessions.get(node) {
+                session.touch(|p| p.log_subscriptions.push(close.clone()));
+            }
+        }
+    }
+
+    /// Hands published lines to their reader. Returns false when the
+    /// reader is full (the lines are dropped and must be counted) or gone.
+    pub fn deliver_logs(&self, node_id: &str, message: pb::PublishLogsMessage) -> bool {
+        let reader = self
+            .log_readers
+            .lock()
+            .get(&message.subscription_id)
+            .cloned();
+        let Some(reader) = reader else { return false };
+        reader
+            .try_send(PublishedLogs {
+                node_id: node_id.to_string(),
+                message,
+            })
+            .is_ok()
+    }
+
     fn forget_session(&self, session: &Session) {
         let mut sessions = self.sessions.lock();
         if sessions
@@ -356,6 +430,10 @@ fn build_message(
             addrs,
             leader_addr: String::new(),
         });
+        any = true;
+    }
+    if !pending.log_subscriptions.is_empty() {
+        message.log_subscriptions = pending.log_subscriptions;
         any = true;
     }
     if pending.cluster

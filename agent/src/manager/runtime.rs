@@ -226,6 +226,11 @@ impl ManagerRuntime {
         self.metrics().current_leader == Some(self.raft_id)
     }
 
+    /// The TLS client config this manager uses towards its peers.
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.client_config()
+    }
+
     /// The leader's raft id and member record, as this manager knows it.
     pub fn leader(&self) -> Option<(RaftId, RaftMember)> {
         let metrics = self.metrics();

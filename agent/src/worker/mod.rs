@@ -3,9 +3,11 @@
 //! runs the tasks it is assigned and reports their states.
 //!
 //! - [`tasks`]: the per-task runners and the status queue.
+//! - [`logs`]: publishing task logs for the leader's log subscriptions.
 //! - [`executor`]: the runtimes that run workloads.
 
 pub mod executor;
+pub mod logs;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub struct Worker {
     cluster: watch::Sender<Option<pb::Cluster>>,
     shutdown: CancellationToken,
     connected: watch::Sender<bool>,
+    logs: logs::Publishers,
 }
 
 impl Worker {
@@ -62,6 +65,7 @@ impl Worker {
             cluster: watch::Sender::new(None),
             shutdown: config.shutdown,
             connected: watch::Sender::new(false),
+            logs: logs::Publishers::default(),
         });
         tokio::spawn(keep_session(worker.clone()));
         worker
@@ -242,13 +246,17 @@ async fn run_session(worker: &Arc<Worker>, target: &str, running: &[String]) -> 
             }
         };
         match message {
-            Ok(Some(message)) => {
+            Ok(Some(mut message)) => {
                 if !message.session_id.is_empty() {
                     *session_id.lock() = message.session_id.clone();
                 }
                 if message.heartbeat_period_ms > 0 {
                     *period.lock() = Duration::from_millis(message.heartbeat_period_ms);
                 }
+                let subscriptions = std::mem::take(&mut message.log_subscriptions);
+                worker
+                    .logs
+                    .apply(subscriptions, &worker.tasks, &client, &session);
                 apply_message(worker, message);
             }
             Ok(None) => break SessionEnd::Ended("the manager closed the session".into()),

@@ -115,6 +115,15 @@ impl TaskManager {
         }
     }
 
+    /// The tasks assigned to this node, as last assigned.
+    pub fn assigned(&self) -> Vec<Task> {
+        self.runners
+            .lock()
+            .values()
+            .map(|runner| runner.assignment.borrow().clone())
+            .collect()
+    }
+
     pub fn executor(&self) -> &Arc<dyn Executor> {
         &self.executor
     }

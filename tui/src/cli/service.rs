@@ -67,6 +67,8 @@ pub enum ServiceCommand {
         detach: bool,
         service: String,
     },
+    /// Show the output of a service's tasks (or one task), from every node.
+    Logs(LogsArgs),
     /// Remove services and their tasks.
     #[command(alias = "remove")]
     Rm {
@@ -206,6 +208,150 @@ pub struct UpdateArgs {
     #[command(flatten)]
     spec: SpecArgs,
     service: String,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines, also from tasks that start later.
+    #[arg(long, short)]
+    follow: bool,
+    /// Lines from the end of each task's output (default: all).
+    #[arg(long, short = 'n')]
+    tail: Option<u64>,
+    /// Only lines since this time: a duration ago (10m) or RFC 3339.
+    #[arg(long)]
+    since: Option<String>,
+    /// Prefix lines with their time.
+    #[arg(long, short)]
+    timestamps: bool,
+    /// Leave task ids out of the prefix.
+    #[arg(long)]
+    no_task_ids: bool,
+    /// Full task ids in the prefix.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only the lines, no prefix.
+    #[arg(long)]
+    raw: bool,
+    /// A service or task (id, prefix or name).
+    target: String,
+}
+
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        let ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        return Ok(ms);
+    }
+    let ago = parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("{e}; or give a time like 2026-11-22T10:00:00Z"))?;
+    Ok(super::output::now_ms() - ago.as_millis() as i64)
+}
+
+async fn logs(client: &mut Client, target: &Target, args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(parse_since)
+        .transpose()?
+        .unwrap_or(0);
+    let options = pb::LogsOptions {
+        follow: args.follow,
+        tail: args.tail.map_or(-1, |n| n as i64),
+        since_ms,
+        stdout: true,
+        stderr: true,
+    };
+    // A task id or name is tried as a task when it is not a service.
+    let is_service = find(client, target, &args.target).await.is_ok();
+    let request = pb::LogsRequest {
+        services: if is_service {
+            vec![args.target.clone()]
+        } else {
+            Vec::new()
+        },
+        tasks: if is_service {
+            Vec::new()
+        } else {
+            vec![args.target.clone()]
+        },
+        options: Some(options),
+    };
+    let mut stream = client
+        .logs(request)
+        .await
+        .map_err(|s| rpc_error(target, s))?
+        .into_inner();
+    let mut task_names: std::collections::HashMap<String, String> = Default::default();
+    let mut node_names: std::collections::HashMap<String, String> = Default::default();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message.map_err(|s| rpc_error(target, s))?,
+            _ = &mut interrupted => return Ok(()),
+        };
+        let Some(message) = message else {
+            return Ok(());
+        };
+        task_names.extend(message.task_names);
+        node_names.extend(message.node_names);
+        for line in &message.lines {
+            let context = line.context.clone().unwrap_or_default();
+            let mut prefix = String::new();
+            if args.timestamps {
+                let time = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_nanos(line.timestamp_ns.max(0) as u64);
+                prefix.push_str(&humantime::format_rfc3339_nanos(time).to_string());
+                prefix.push(' ');
+            }
+            if !args.raw {
+                let full = task_names
+                    .get(&context.task_id)
+                    .cloned()
+                    .unwrap_or_else(|| context.task_id.clone());
+                let name = if args.no_task_ids {
+                    full.rsplitn(2, '.').nth(1).unwrap_or(&full).to_string()
+                } else if args.no_trunc {
+                    full
+                } else {
+                    match full.rsplit_once('.') {
+                        Some((base, id)) => format!("{base}.{}", short(id)),
+                        None => full,
+                    }
+                };
+                let node = node_names
+                    .get(&context.node_id)
+                    .cloned()
+                    .unwrap_or_else(|| short(&context.node_id).to_string());
+                prefix.push_str(&format!("{name}@{node}    | "));
+            }
+            let text = String::from_utf8_lossy(&line.data);
+            if line.stream == pb::LogStream::Stderr as i32 {
+                let _ = writeln!(stderr.lock(), "{prefix}{text}");
+            } else {
+                let _ = writeln!(stdout.lock(), "{prefix}{text}");
+            }
+        }
+        for gap in &message.gaps {
+            let task = gap
+                .context
+                .as_ref()
+                .and_then(|c| task_names.get(&c.task_id))
+                .cloned()
+                .unwrap_or_default();
+            let _ = writeln!(
+                stderr.lock(),
+                "… {} lines of {task} dropped: this reader fell behind",
+                gap.dropped
+            );
+        }
+    }
 }
 
 fn parse_bytes(text: &str) -> Result<i64, String> {
@@ -614,6 +760,7 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                 converge(&mut client, target, service_id(&updated), true).await?;
             }
         }
+        ServiceCommand::Logs(args) => logs(&mut client, target, args).await?,
         ServiceCommand::Rm { services } => {
             let mut failed = Vec::new();
             for name in services {
