@@ -1,6 +1,7 @@
 //! The command line: argument parsing, the connection to a node, and
 //! error reporting. Each command group lives in its own module.
 
+mod events;
 pub mod info;
 mod node;
 pub mod output;
@@ -55,6 +56,8 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Follow cluster events: nodes, tasks, updates, leadership.
+    Events(events::EventsArgs),
 }
 
 /// Where the CLI connects.
@@ -148,6 +151,7 @@ pub fn main() -> ExitCode {
             Some(Command::Swarm(command)) => swarm::run(&target, command).await,
             Some(Command::Node(command)) => node::run(&target, command).await,
             Some(Command::Service(command)) => service::run(&target, command).await,
+            Some(Command::Events(args)) => events::run(&target, args).await,
         }
     });
     match result {

@@ -316,7 +316,9 @@ async fn logs(client: &mut Client, target: &Target, args: LogsArgs) -> anyhow::R
                     .cloned()
                     .unwrap_or_else(|| context.task_id.clone());
                 let name = if args.no_task_ids {
-                    full.rsplit_once('.').map_or(full.as_str(), |(base, _)| base).to_string()
+                    full.rsplit_once('.')
+                        .map_or(full.as_str(), |(base, _)| base)
+                        .to_string()
                 } else if args.no_trunc {
                     full
                 } else {

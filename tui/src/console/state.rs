@@ -20,10 +20,24 @@ pub enum Level {
     Error,
 }
 
+/// What an event is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// `node`, `service`, `task` or `cluster`.
+    pub kind: &'static str,
+    /// What happened: `down`, `ready`, `failed`, `update_paused`, ...
+    pub action: String,
+    pub id: String,
+    pub name: String,
+    /// The service a task or service event belongs to.
+    pub service: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventLine {
     pub time_ms: i64,
     pub level: Level,
+    pub subject: Subject,
     pub text: String,
 }
 
@@ -103,10 +117,11 @@ impl Model {
         self.connection = Connection::Live;
     }
 
-    fn note(&mut self, time_ms: i64, level: Level, text: String) {
+    fn note(&mut self, time_ms: i64, level: Level, subject: Subject, text: String) {
         self.events.push_front(EventLine {
             time_ms,
             level,
+            subject,
             text,
         });
         self.events.truncate(EVENTS_KEPT);
@@ -170,10 +185,18 @@ impl Model {
             .as_ref()
             .map(|d| d.hostname.clone())
             .unwrap_or_default();
+        let subject = |action: &str| Subject {
+            kind: "node",
+            action: action.to_string(),
+            id: id_of(&node.meta),
+            name: name.clone(),
+            service: String::new(),
+        };
         if removed {
             self.note(
                 time,
                 Level::Warn,
+                subject("removed"),
                 format!("node {name} removed from the swarm"),
             );
             return;
@@ -192,9 +215,14 @@ impl Model {
                     format!("node {name} is {}", node_state_name(state)),
                 ),
             };
-            self.note(time, level, text);
+            self.note(time, level, subject(node_state_name(state)), text);
         } else if old.is_none() {
-            self.note(time, Level::Info, format!("node {name} joined the swarm"));
+            self.note(
+                time,
+                Level::Info,
+                subject("joined"),
+                format!("node {name} joined the swarm"),
+            );
         }
     }
 
@@ -204,12 +232,29 @@ impl Model {
             .as_ref()
             .map(|s| s.name.clone())
             .unwrap_or_default();
+        let subject = |action: &str| Subject {
+            kind: "service",
+            action: action.to_string(),
+            id: id_of(&service.meta),
+            name: name.clone(),
+            service: name.clone(),
+        };
         if removed {
-            self.note(time, Level::Info, format!("service {name} removed"));
+            self.note(
+                time,
+                Level::Info,
+                subject("removed"),
+                format!("service {name} removed"),
+            );
             return;
         }
         let Some(Old::OldService(old)) = old else {
-            self.note(time, Level::Info, format!("service {name} created"));
+            self.note(
+                time,
+                Level::Info,
+                subject("created"),
+                format!("service {name} created"),
+            );
             return;
         };
         let state = service.update_status.as_ref().map(|u| u.state);
@@ -229,7 +274,8 @@ impl Model {
             if !update.message.is_empty() {
                 text.push_str(&format!(": {}", update.message));
             }
-            self.note(time, level, text);
+            let action = format!("update_{}", update_state_name(update.state));
+            self.note(time, level, subject(&action), text);
         }
     }
 
@@ -257,15 +303,24 @@ impl Model {
             } else {
                 &status.err
             };
-            self.note(
-                time,
-                Level::Error,
-                format!(
-                    "task {name} {} on {}: {reason}",
-                    task_state_name(status.state),
-                    self.hostname(&task.node_id)
-                ),
+            let mut text = format!(
+                "task {name} {} on {}: {reason}",
+                task_state_name(status.state),
+                self.hostname(&task.node_id)
             );
+            if let Some(code) = status.has_exit_code.then_some(status.exit_code)
+                && !reason.contains("exit")
+            {
+                text.push_str(&format!(" (exit code {code})"));
+            }
+            let subject = Subject {
+                kind: "task",
+                action: task_state_name(status.state).to_string(),
+                id: id_of(&task.meta),
+                name,
+                service: task.service_name.clone(),
+            };
+            self.note(time, Level::Error, subject, text);
         }
     }
 
@@ -276,9 +331,17 @@ impl Model {
                 if event.new_leader_id.is_empty() {
                     (Level::Warn, "the cluster has no leader".to_string())
                 } else {
+                    let old = if event.old_leader_id.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.hostname(&event.old_leader_id)
+                    };
                     (
                         Level::Info,
-                        format!("leader is now {}", self.hostname(&event.new_leader_id)),
+                        format!(
+                            "leader changed {old} → {}",
+                            self.hostname(&event.new_leader_id)
+                        ),
                     )
                 }
             }
@@ -286,7 +349,19 @@ impl Model {
             Ok(Kind::QuorumRegained) => (Level::Info, "quorum regained".to_string()),
             _ => return,
         };
-        self.note(event.time_ms, level, text);
+        let action = match Kind::try_from(event.kind) {
+            Ok(Kind::LeaderChanged) => "leader_changed",
+            Ok(Kind::QuorumLost) => "quorum_lost",
+            _ => "quorum_regained",
+        };
+        let subject = Subject {
+            kind: "cluster",
+            action: action.to_string(),
+            id: event.new_leader_id.clone(),
+            name: self.hostname(&event.new_leader_id),
+            service: String::new(),
+        };
+        self.note(event.time_ms, level, subject, text);
     }
 
     /// Tasks of a service, grouped by slot (or node), newest first within
