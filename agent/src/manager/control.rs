@@ -703,10 +703,17 @@ impl Control for ControlService {
                         spec.replicas = 0;
                     }
                     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+                    let paused = service.update_status.as_ref().is_some_and(|u| {
+                        matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused)
+                    });
                     if spec.task != service.spec.task {
                         service.previous_spec = Some(service.spec.clone());
                         // The update supervisor sets the new status when it
                         // starts replacing tasks.
+                        service.update_status = None;
+                    } else if paused {
+                        // Updating a paused service resumes it: the
+                        // supervisor starts again on what is still outdated.
                         service.update_status = None;
                     }
                     service.spec = spec;

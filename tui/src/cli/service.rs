@@ -150,6 +150,8 @@ pub struct SpecArgs {
     rollback_failure_action: Option<String>,
     #[arg(long, value_parser = parse_duration)]
     rollback_monitor: Option<Duration>,
+    #[arg(long)]
+    rollback_max_failure_ratio: Option<f32>,
     #[arg(long, value_parser = ["stop-first", "start-first"])]
     rollback_order: Option<String>,
     /// Health check command, run with sh -c.
@@ -196,8 +198,14 @@ pub struct UpdateArgs {
     /// Replace the arguments (space separated).
     #[arg(long)]
     args: Option<String>,
+    /// Add or change an environment variable (KEY=VALUE); repeatable.
+    #[arg(long = "env-add")]
+    env_add: Vec<String>,
     #[arg(long = "env-rm")]
     env_rm: Vec<String>,
+    /// Add a placement constraint; repeatable.
+    #[arg(long = "constraint-add")]
+    constraint_add: Vec<String>,
     #[arg(long = "constraint-rm")]
     constraint_rm: Vec<String>,
     #[arg(long = "label-rm")]
@@ -541,6 +549,9 @@ impl SpecArgs {
         }
         if let Some(d) = self.rollback_monitor {
             rollback.monitor_ms = ms(d);
+        }
+        if let Some(r) = self.rollback_max_failure_ratio {
+            rollback.max_failure_ratio = r;
         }
         if let Some(o) = &self.rollback_order {
             rollback.order = update_order(o);
