@@ -38,15 +38,18 @@ pub enum ServiceCommand {
         /// Do not truncate ids and errors.
         #[arg(long)]
         no_trunc: bool,
-        /// Only tasks meant to run (hide history).
-        #[arg(long)]
-        running: bool,
+        /// desired-state=running|shutdown, or node=NAME; repeatable.
+        #[arg(long = "filter", short = 'f')]
+        filters: Vec<String>,
         #[arg(required = true)]
         services: Vec<String>,
     },
     /// Show services in detail (JSON).
     Inspect {
-        /// Only json is supported; accepted for symmetry with ls.
+        /// Human-readable instead of JSON.
+        #[arg(long)]
+        pretty: bool,
+        /// json (the default) or table (same as --pretty).
         #[arg(long, value_enum)]
         format: Option<Format>,
         #[arg(required = true)]
@@ -636,17 +639,31 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
         ServiceCommand::Ps {
             format,
             no_trunc,
-            running,
+            filters,
             services,
         } => {
+            let mut desired_states = Vec::new();
+            let mut nodes = Vec::new();
+            for filter in &filters {
+                match filter.split_once('=') {
+                    Some(("desired-state", "running")) => {
+                        desired_states.push(pb::TaskState::Running as i32)
+                    }
+                    Some(("desired-state", "shutdown")) => {
+                        desired_states.push(pb::TaskState::Shutdown as i32);
+                        desired_states.push(pb::TaskState::Remove as i32);
+                    }
+                    Some(("node", node)) => nodes.push(node.to_string()),
+                    _ => anyhow::bail!(
+                        "invalid filter {filter:?}: use desired-state=running|shutdown or node=NAME"
+                    ),
+                }
+            }
             let response = client
                 .list_tasks(pb::ListTasksRequest {
                     services,
-                    desired_states: if running {
-                        vec![pb::TaskState::Running as i32]
-                    } else {
-                        Vec::new()
-                    },
+                    nodes,
+                    desired_states,
                     ..Default::default()
                 })
                 .await
@@ -655,19 +672,26 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
             warn_if_stale(response.read.as_ref());
             print_tasks(response.tasks, format, no_trunc)?;
         }
-        ServiceCommand::Inspect { services, format } => {
-            if format == Some(Format::Table) {
-                anyhow::bail!("service inspect prints JSON only; drop --format table");
-            }
+        ServiceCommand::Inspect {
+            services,
+            format,
+            pretty,
+        } => {
             let response = client
                 .list_services(pb::ListServicesRequest { names: services })
                 .await
                 .map_err(rpc)?
                 .into_inner();
             warn_if_stale(response.read.as_ref());
-            print_json(&Value::Array(
-                response.services.iter().map(service_detail).collect(),
-            ))?;
+            if pretty || format == Some(Format::Table) {
+                for service in &response.services {
+                    print_pretty(&service_detail(service));
+                }
+            } else {
+                print_json(&Value::Array(
+                    response.services.iter().map(service_detail).collect(),
+                ))?;
+            }
         }
         ServiceCommand::Update(args) => {
             let service = find(&mut client, target, &args.service).await?;
@@ -929,6 +953,72 @@ fn service_detail(service: &pb::Service) -> Value {
         "replicas_running": service.replicas_running,
         "replicas_desired": service.replicas_desired,
     })
+}
+
+/// `service inspect --pretty`: the JSON detail laid out for reading.
+fn print_pretty(detail: &Value) {
+    let spec = &detail["spec"];
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let ms = |v: &Value| {
+        v.as_u64()
+            .map(|ms| super::output::human(Duration::from_millis(ms)))
+            .unwrap_or_default()
+    };
+    println!("ID:\t\t{}", text(&detail["id"]));
+    println!("Name:\t\t{}", text(&spec["name"]));
+    println!("Mode:\t\t{}", text(&spec["mode"]));
+    if spec["mode"] == "replicated" {
+        println!(" Replicas:\t{}", text(&spec["replicas"]));
+    }
+    println!(
+        "Running:\t{}/{}",
+        text(&detail["replicas_running"]),
+        text(&detail["replicas_desired"])
+    );
+    if let Some(status) = detail["update_status"].as_object() {
+        println!("UpdateStatus:");
+        println!(" State:\t\t{}", text(&status["state"]));
+        println!(" Message:\t{}", text(&status["message"]));
+    }
+    for (title, key) in [("UpdateConfig", "update"), ("RollbackConfig", "rollback")] {
+        let config = &spec[key];
+        println!("{title}:");
+        println!(" Parallelism:\t{}", text(&config["parallelism"]));
+        println!(" Delay:\t\t{}", ms(&config["delay_ms"]));
+        println!(" On failure:\t{}", text(&config["failure_action"]));
+        println!(" Monitoring Period: {}", ms(&config["monitor_ms"]));
+        println!(" Max failure ratio: {}", text(&config["max_failure_ratio"]));
+        println!(" Update order:\t{}", text(&config["order"]));
+    }
+    let container = &spec["container"];
+    println!("ContainerSpec:");
+    println!(" Image:\t\t{}", text(&container["image"]));
+    if let Some(args) = container["args"].as_array().filter(|a| !a.is_empty()) {
+        println!(
+            " Args:\t\t{}",
+            args.iter().map(text).collect::<Vec<_>>().join(" ")
+        );
+    }
+    if let Some(env) = container["env"].as_array().filter(|e| !e.is_empty()) {
+        println!(
+            " Env:\t\t{}",
+            env.iter().map(text).collect::<Vec<_>>().join(" ")
+        );
+    }
+    if let Some(constraints) = spec["placement"]["constraints"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+    {
+        println!("Placement:");
+        for c in constraints {
+            println!(" Constraint:\t{}", text(c));
+        }
+    }
+    println!();
 }
 
 fn task_name(task: &pb::Task) -> String {
