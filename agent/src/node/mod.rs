@@ -298,6 +298,11 @@ impl Agent {
         .await
         .map_err(|e| NodeError::Failed(e.to_string()))?;
         active.manager.store(Some(runtime.clone()));
+        tokio::spawn(follow_unlock_key(
+            self.clone(),
+            active.clone(),
+            runtime.clone(),
+        ));
         Ok(runtime)
     }
 
@@ -364,4 +369,62 @@ pub fn default_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Keeps this manager's keys sealed with the cluster's current unlock key:
+/// autolock turned on or off, or the key rotated, re-seals them. A manager
+/// that was down during a rotation unlocks with the old key and re-seals
+/// with the new one here once it has caught up.
+async fn follow_unlock_key(
+    agent: Arc<Agent>,
+    active: Arc<ActiveNode>,
+    manager: Arc<ManagerRuntime>,
+) {
+    let mut changes = manager.store.subscribe();
+    loop {
+        let still_this_manager = active
+            .manager()
+            .is_some_and(|current| Arc::ptr_eq(&current, &manager));
+        if !still_this_manager || active.shutdown.is_cancelled() {
+            return;
+        }
+        let wanted = {
+            let tables = manager.store.read();
+            tables.cluster().map(|cluster| {
+                cluster
+                    .unlock_key
+                    .as_ref()
+                    .and_then(|key| UnlockKey::parse(key.expose()).ok())
+            })
+        };
+        // Before the cluster object has reached this manager there is
+        // nothing to follow yet.
+        if let Some(wanted) = wanted {
+            let current = active.unlock_key.lock().clone();
+            if wanted != current {
+                let keys = active.keys.lock().clone();
+                match agent.data.save_keys(&keys, wanted.as_ref()) {
+                    Ok(()) => {
+                        tracing::info!(
+                            autolock = wanted.is_some(),
+                            "re-sealed this manager's keys"
+                        );
+                        *active.unlock_key.lock() = wanted;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-sealing this manager's keys failed"),
+                }
+            }
+        }
+        tokio::select! {
+            // Any change (or a missed one) is a reason to look again; the
+            // check itself is a read and a comparison.
+            change = changes.recv() => {
+                if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            () = active.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
