@@ -222,4 +222,27 @@ mod tests {
         s.task.placement.preferences = vec!["zone".into()];
         assert!(service_spec(&s).unwrap_err().contains("spread=node.labels"));
     }
+
+    proptest::proptest! {
+        /// Any name, image, constraint or label: a verdict, never a panic;
+        /// refusals say which field is wrong.
+        #[test]
+        fn any_spec_gets_a_verdict(
+            name in ".{0,70}",
+            image in ".{0,40}",
+            constraint in ".{0,40}",
+            label in ".{0,20}",
+        ) {
+            let mut spec = ServiceSpec {
+                name: name.clone(),
+                ..Default::default()
+            };
+            spec.task.container.image = image;
+            spec.task.placement.constraints.push(constraint);
+            spec.labels.insert(label, "v".into());
+            if let Err(message) = service_spec(&spec) {
+                proptest::prop_assert!(!message.is_empty());
+            }
+        }
+    }
 }

@@ -161,4 +161,24 @@ mod tests {
         assert!(UnlockKey::parse("hello").is_err());
         assert_eq!(format!("{key:?}"), "UnlockKey(<redacted>)");
     }
+
+    proptest::proptest! {
+        /// Whatever an operator pastes, parsing answers with a token or a
+        /// clear error, never a panic.
+        #[test]
+        fn parsing_any_text_never_panics(text in ".{0,120}") {
+            if let Err(e) = JoinToken::parse(&text) {
+                proptest::prop_assert!(e.to_string().contains("join-token"));
+            }
+            if let Err(e) = UnlockKey::parse(&text) {
+                proptest::prop_assert!(e.to_string().contains("SWMKEY-1-"));
+            }
+        }
+
+        #[test]
+        fn near_miss_tokens_are_refused_cleanly(digest in "[0-9a-z]{0,60}", secret in "[0-9a-zA-Z-]{0,40}") {
+            let _ = JoinToken::parse(&format!("SWMTKN-1-{digest}-{secret}"));
+            let _ = UnlockKey::parse(&format!("SWMKEY-1-{secret}"));
+        }
+    }
 }
