@@ -13,17 +13,21 @@ pub enum View {
     Nodes,
     Services,
     Tasks,
+    Logs,
     Events,
     Cluster,
+    Problems,
 }
 
 impl View {
-    pub const ALL: [View; 5] = [
+    pub const ALL: [View; 7] = [
         View::Nodes,
         View::Services,
         View::Tasks,
+        View::Logs,
         View::Events,
         View::Cluster,
+        View::Problems,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,8 +35,10 @@ impl View {
             View::Nodes => "nodes",
             View::Services => "services",
             View::Tasks => "tasks",
+            View::Logs => "logs",
             View::Events => "events",
             View::Cluster => "cluster",
+            View::Problems => "problems",
         }
     }
 
@@ -47,6 +53,11 @@ impl View {
 /// A change the operator asked for, sent to the manager by the loop.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
+    /// Stream a service's logs into the logs view (replacing the stream
+    /// it shows).
+    FollowLogs {
+        service: String,
+    },
     Scale {
         service: String,
         replicas: u64,
@@ -109,6 +120,7 @@ impl Action {
             },
             Action::RemoveNode { node } => format!("remove node {}", model.hostname(node)),
             Action::Unlock { .. } => "unlock this manager".to_string(),
+            Action::FollowLogs { service: s } => format!("logs of {}", service(s)),
         }
     }
 }
@@ -133,23 +145,29 @@ pub enum Mode {
 /// One line of the help screen: keys, where they apply, what they do.
 pub const KEYS: &[(&str, &str, &str)] = &[
     (
-        "1-5 / Tab",
+        "1-7 / Tab",
         "any",
-        "switch view: nodes, services, tasks, events, cluster",
+        "views: nodes services tasks logs events cluster problems",
     ),
-    (":name", "any", "jump to a view by name (:nodes, :svc, ...)"),
+    (
+        ":name",
+        "any",
+        "jump to a view by name (:nodes, :logs, :pro...)",
+    ),
     ("j k / ↓ ↑", "tables", "move the selection"),
-    ("g G", "tables", "first / last row"),
-    ("/", "tables", "filter rows (Esc clears)"),
+    ("g G", "tables", "first / last row (logs: oldest / newest)"),
+    ("/", "any", "filter rows or search logs (Esc clears)"),
     ("Enter", "services", "show the service's tasks"),
+    ("Enter", "problems", "jump to the object"),
+    ("l", "services", "follow the service's logs"),
     ("s", "services", "scale"),
-    ("u", "services", "rolling update to a new image"),
+    ("U", "services", "rolling update to a new image"),
     ("r", "services", "roll back to the previous spec"),
-    ("d", "services", "remove the service"),
-    ("a p D", "nodes", "activate, pause, drain"),
+    ("Ctrl-D", "svc/nodes", "remove (asks first)"),
+    ("a p d", "nodes", "activate, pause, drain"),
     ("+ -", "nodes", "promote, demote"),
-    ("x", "nodes", "remove the node"),
-    ("U", "any", "unlock a locked manager"),
+    ("f t", "logs", "pause/follow, timestamps"),
+    ("u", "any", "unlock a locked manager"),
     ("?", "any", "this help"),
     ("q / Ctrl-C", "any", "quit"),
 ];
@@ -157,11 +175,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 pub struct App {
     pub view: View,
     /// Selected row per view.
-    pub selected: [usize; 5],
+    pub selected: [usize; 7],
     pub filter: String,
     pub mode: Mode,
     /// The service whose tasks the tasks view shows.
     pub focus_service: Option<String>,
+    /// The service whose logs the logs view shows.
+    pub logs_service: Option<String>,
+    /// Logs view: frozen at this line count (paused), or following.
+    pub logs_paused_at: Option<u64>,
+    pub logs_timestamps: bool,
     /// The last action's outcome: (text, is error).
     pub status: Option<(String, bool)>,
     pub quit: bool,
@@ -172,10 +195,13 @@ impl Default for App {
     fn default() -> Self {
         App {
             view: View::Services,
-            selected: [0; 5],
+            selected: [0; 7],
             filter: String::new(),
             mode: Mode::Normal,
             focus_service: None,
+            logs_service: None,
+            logs_paused_at: None,
+            logs_timestamps: false,
             status: None,
             quit: false,
             last_bell: None,
@@ -255,7 +281,12 @@ impl App {
                 .filter(|i| keep(model.events[*i].text.clone()))
                 .map(|i| i.to_string())
                 .collect(),
-            View::Cluster => Vec::new(),
+            View::Problems => super::problems::find(model)
+                .into_iter()
+                .filter(|p| keep(p.text.clone()))
+                .map(|p| p.key())
+                .collect(),
+            View::Cluster | View::Logs => Vec::new(),
         }
     }
 
@@ -364,6 +395,18 @@ impl App {
     }
 
     fn normal_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {
+        let scrolls_logs = matches!(
+            key.code,
+            KeyCode::Char('j' | 'k' | 'g' | 'G' | 'f' | 't')
+                | KeyCode::Up
+                | KeyCode::Down
+                | KeyCode::Home
+                | KeyCode::End
+        );
+        if self.view == View::Logs && scrolls_logs {
+            self.logs_key(key, model);
+            return None;
+        }
         let rows = self.rows(model).len();
         let last = rows.saturating_sub(1);
         match key.code {
@@ -372,7 +415,7 @@ impl App {
             KeyCode::Char('/') => self.mode = Mode::Filter,
             KeyCode::Char(':') => self.mode = Mode::Command(String::new()),
             KeyCode::Esc => self.filter.clear(),
-            KeyCode::Char(c @ '1'..='5') => {
+            KeyCode::Char(c @ '1'..='7') => {
                 let i = c as usize - '1' as usize;
                 self.switch(View::ALL[i]);
             }
@@ -392,7 +435,7 @@ impl App {
             }
             KeyCode::Char('g') | KeyCode::Home => self.set_selected(0),
             KeyCode::Char('G') | KeyCode::End => self.set_selected(last),
-            KeyCode::Char('U') => {
+            KeyCode::Char('u') => {
                 self.mode = Mode::Prompt {
                     kind: PromptKind::UnlockKey,
                     input: String::new(),
@@ -401,6 +444,33 @@ impl App {
             _ => return self.view_key(key, model),
         }
         None
+    }
+
+    fn logs_key(&mut self, key: KeyEvent, model: &Model) {
+        match key.code {
+            KeyCode::Char('f') => {
+                self.logs_paused_at = match self.logs_paused_at {
+                    Some(_) => None,
+                    None => Some(model.logs_received),
+                }
+            }
+            KeyCode::Char('t') => self.logs_timestamps = !self.logs_timestamps,
+            KeyCode::Char('G') | KeyCode::End => self.logs_paused_at = None,
+            KeyCode::Char('k') | KeyCode::Up => {
+                let at = self.logs_paused_at.unwrap_or(model.logs_received);
+                self.logs_paused_at = Some(at.saturating_sub(1).max(1));
+            }
+            KeyCode::Char('j') | KeyCode::Down => {
+                if let Some(at) = self.logs_paused_at {
+                    self.logs_paused_at = (at + 1 < model.logs_received).then_some(at + 1);
+                }
+            }
+            KeyCode::Char('g') | KeyCode::Home => {
+                let oldest = model.logs_received - model.logs.len() as u64;
+                self.logs_paused_at = Some(oldest + 1);
+            }
+            _ => {}
+        }
     }
 
     fn view_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {
@@ -422,7 +492,26 @@ impl App {
                     input: current.to_string(),
                 };
             }
-            (View::Services, KeyCode::Char('u')) => {
+            (View::Services, KeyCode::Char('l')) => {
+                self.logs_service = Some(id.clone());
+                self.logs_paused_at = None;
+                self.switch(View::Logs);
+                return Some(Action::FollowLogs { service: id });
+            }
+            (View::Problems, KeyCode::Enter) => {
+                let problem = super::problems::find(model)
+                    .into_iter()
+                    .find(|p| p.key() == id)?;
+                match problem.target {
+                    super::problems::Target::Node(_) => self.switch(View::Nodes),
+                    super::problems::Target::Service(service) => {
+                        self.focus_service = Some(service);
+                        self.switch(View::Tasks);
+                    }
+                    super::problems::Target::Cluster => self.switch(View::Cluster),
+                }
+            }
+            (View::Services, KeyCode::Char('U')) => {
                 let image = model
                     .services
                     .get(&id)
@@ -436,7 +525,9 @@ impl App {
             (View::Services, KeyCode::Char('r')) => {
                 self.mode = Mode::Confirm(Action::Rollback { service: id })
             }
-            (View::Services, KeyCode::Char('d') | KeyCode::Delete) => {
+            (View::Services, KeyCode::Char('d'))
+                if key.modifiers.contains(KeyModifiers::CONTROL) =>
+            {
                 self.mode = Mode::Confirm(Action::RemoveService { service: id })
             }
             (View::Nodes, KeyCode::Char('a')) => {
@@ -451,7 +542,10 @@ impl App {
                     availability: pb::NodeAvailability::Pause,
                 });
             }
-            (View::Nodes, KeyCode::Char('D')) => {
+            (View::Nodes, KeyCode::Char('d')) if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.mode = Mode::Confirm(Action::RemoveNode { node: id })
+            }
+            (View::Nodes, KeyCode::Char('d')) => {
                 self.mode = Mode::Confirm(Action::Availability {
                     node: id,
                     availability: pb::NodeAvailability::Drain,
@@ -468,9 +562,6 @@ impl App {
                     node: id,
                     role: pb::NodeRole::Worker,
                 })
-            }
-            (View::Nodes, KeyCode::Char('x')) => {
-                self.mode = Mode::Confirm(Action::RemoveNode { node: id })
             }
             _ => {}
         }

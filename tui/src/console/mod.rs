@@ -13,6 +13,7 @@
 //! - [`theme`] reads colour themes.
 
 pub mod app;
+pub mod problems;
 pub mod state;
 pub mod theme;
 pub mod view;
@@ -45,6 +46,15 @@ enum Message {
     Resize,
     /// An action finished: its description, or the error to show.
     Done(Result<String, String>),
+    /// Lines for the logs view, from the stream of `service`.
+    Logs {
+        service: String,
+        rows: Vec<state::LogRow>,
+    },
+    LogsEnded {
+        service: String,
+        reason: String,
+    },
     Tick,
 }
 
@@ -59,6 +69,7 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
     let mut terminal = ratatui::init();
     let mut model = Model::default();
     let mut app = App::default();
+    let mut logs_task: Option<tokio::task::AbortHandle> = None;
     let result = async {
         loop {
             draw(&mut terminal, &app, &model, &theme)?;
@@ -69,7 +80,7 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
                 pending.push(more);
             }
             for message in pending {
-                handle(message, &mut app, &mut model, &client, &tx);
+                handle(message, &mut app, &mut model, &client, &tx, &mut logs_task);
             }
             if app.quit {
                 break;
@@ -102,6 +113,7 @@ fn handle(
     model: &mut Model,
     client: &Client,
     tx: &mpsc::Sender<Message>,
+    logs_task: &mut Option<tokio::task::AbortHandle>,
 ) {
     match message {
         Message::Watch(update) => {
@@ -124,10 +136,29 @@ fn handle(
         }
         Message::Disconnected(reason) => model.connection = Connection::Lost(reason),
         Message::Info(info) => model.info = Some(*info),
-        Message::Key(key) => {
-            if let Some(action) = app.on_key(key, model) {
+        Message::Key(key) => match app.on_key(key, model) {
+            Some(Action::FollowLogs { service }) => {
+                if let Some(previous) = logs_task.take() {
+                    previous.abort();
+                }
+                model.clear_logs();
+                let task = tokio::spawn(follow_logs(client.clone(), service, tx.clone()));
+                *logs_task = Some(task.abort_handle());
+            }
+            Some(action) => {
                 app.status = Some((format!("{}…", action.describe(model)), false));
                 tokio::spawn(perform(client.clone(), action, model.clone(), tx.clone()));
+            }
+            None => {}
+        },
+        Message::Logs { service, rows } => {
+            if app.logs_service.as_deref() == Some(service.as_str()) {
+                model.add_logs(rows);
+            }
+        }
+        Message::LogsEnded { service, reason } => {
+            if app.logs_service.as_deref() == Some(service.as_str()) {
+                model.logs_status = Some(reason);
             }
         }
         Message::Done(Ok(text)) => app.status = Some((text, false)),
@@ -275,6 +306,8 @@ async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sen
             })
             .await
             .map(|_| ()),
+        // Handled by the loop, which owns the log stream.
+        Action::FollowLogs { .. } => Ok(()),
         Action::Unlock { key } => client
             .swarm_unlock(pb::SwarmUnlockRequest {
                 unlock_key: key.clone(),
@@ -287,6 +320,91 @@ async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sen
         Err(status) => Err(format!("{description} failed: {}", status.message())),
     };
     let _ = tx.send(Message::Done(outcome)).await;
+}
+
+/// Streams a service's logs (the last 200 lines per task, then new ones)
+/// into the logs view; the loop aborts it when another service is chosen.
+async fn follow_logs(mut client: Client, service: String, tx: mpsc::Sender<Message>) {
+    let request = pb::LogsRequest {
+        services: vec![service.clone()],
+        tasks: Vec::new(),
+        options: Some(pb::LogsOptions {
+            follow: true,
+            tail: 200,
+            since_ms: 0,
+            stdout: true,
+            stderr: true,
+        }),
+    };
+    let reason = match client.logs(request).await {
+        Err(status) => format!(
+            "logs are not available from this manager: {}",
+            status.message()
+        ),
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            let mut task_names = std::collections::HashMap::new();
+            let mut node_names = std::collections::HashMap::new();
+            loop {
+                match stream.next().await {
+                    Some(Ok(message)) => {
+                        task_names.extend(message.task_names);
+                        node_names.extend(message.node_names);
+                        let mut rows: Vec<state::LogRow> = message
+                            .lines
+                            .into_iter()
+                            .map(|line| {
+                                let context = line.context.unwrap_or_default();
+                                let task = task_names
+                                    .get(&context.task_id)
+                                    .and_then(|n: &String| {
+                                        n.rsplit_once('.').map(|(base, _)| base.to_string())
+                                    })
+                                    .unwrap_or_else(|| {
+                                        crate::cli::output::short(&context.task_id).to_string()
+                                    });
+                                let node = node_names
+                                    .get(&context.node_id)
+                                    .cloned()
+                                    .unwrap_or_default();
+                                state::LogRow {
+                                    timestamp_ns: line.timestamp_ns,
+                                    source: format!("{task}@{node}"),
+                                    stderr: line.stream == pb::LogStream::Stderr as i32,
+                                    text: String::from_utf8_lossy(&line.data).into_owned(),
+                                }
+                            })
+                            .collect();
+                        for gap in message.gaps {
+                            rows.push(state::LogRow {
+                                timestamp_ns: 0,
+                                source: "shoal".into(),
+                                stderr: true,
+                                text: format!(
+                                    "… {} lines dropped: the console fell behind",
+                                    gap.dropped
+                                ),
+                            });
+                        }
+                        if !rows.is_empty()
+                            && tx
+                                .send(Message::Logs {
+                                    service: service.clone(),
+                                    rows,
+                                })
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) => break format!("log stream ended: {}", status.message()),
+                    None => break "log stream ended".to_string(),
+                }
+            }
+        }
+    };
+    let _ = tx.send(Message::LogsEnded { service, reason }).await;
 }
 
 async fn update_service(

@@ -12,6 +12,18 @@ use crate::cli::output::{node_state_name, short, task_state_name, update_state_n
 
 /// Event log length kept in memory.
 const EVENTS_KEPT: usize = 1_000;
+/// Log lines kept for the logs view.
+pub const LOG_LINES_KEPT: usize = 10_000;
+
+/// A line of task output, ready to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRow {
+    pub timestamp_ns: i64,
+    /// `service.slot@node`.
+    pub source: String,
+    pub stderr: bool,
+    pub text: String,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -63,6 +75,12 @@ pub struct Model {
     pub version: u64,
     /// Between a reset and `synced`: objects arrive as a copy, not news.
     copying: bool,
+    /// The followed logs, oldest first, at most [`LOG_LINES_KEPT`].
+    pub logs: VecDeque<LogRow>,
+    /// Lines received since the stream started (the newest line's number).
+    pub logs_received: u64,
+    /// Why the log stream stopped, if it did.
+    pub logs_status: Option<String>,
 }
 
 impl Default for Model {
@@ -77,6 +95,9 @@ impl Default for Model {
             connection: Connection::Connecting,
             version: 0,
             copying: false,
+            logs: VecDeque::new(),
+            logs_received: 0,
+            logs_status: None,
         }
     }
 }
@@ -362,6 +383,22 @@ impl Model {
             service: String::new(),
         };
         self.note(event.time_ms, level, subject, text);
+    }
+
+    pub fn add_logs(&mut self, rows: Vec<LogRow>) {
+        for row in rows {
+            self.logs.push_back(row);
+            self.logs_received += 1;
+        }
+        while self.logs.len() > LOG_LINES_KEPT {
+            self.logs.pop_front();
+        }
+    }
+
+    pub fn clear_logs(&mut self) {
+        self.logs.clear();
+        self.logs_received = 0;
+        self.logs_status = None;
     }
 
     /// Tasks of a service, grouped by slot (or node), newest first within

@@ -201,7 +201,11 @@ fn model() -> Model {
 }
 
 fn screen(app: &App, model: &Model) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    screen_of_size(app, model, 80, 24)
+}
+
+fn screen_of_size(app: &App, model: &Model, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     terminal
         .draw(|frame| view::render(frame, app, model, &Theme::mono(), NOW))
         .unwrap();
@@ -258,7 +262,7 @@ fn enter_on_a_service_shows_its_tasks_with_history() {
 fn the_cluster_view_shows_quorum_and_managers() {
     let model = model();
     let mut app = App::default();
-    app.on_key(key(KeyCode::Char('5')), &model);
+    app.on_key(key(KeyCode::Char('6')), &model);
     insta::assert_snapshot!(screen(&app, &model));
 }
 
@@ -304,11 +308,12 @@ fn scaling_asks_for_a_number_and_sends_it() {
 fn destructive_actions_wait_for_a_yes() {
     let model = model();
     let mut app = App::default();
-    assert_eq!(app.on_key(key(KeyCode::Char('d')), &model), None);
+    let ctrl_d = KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL);
+    assert_eq!(app.on_key(ctrl_d, &model), None);
     assert!(matches!(app.mode, Mode::Confirm(_)));
     assert!(screen(&app, &model).contains("Remove service web? (y/N)"));
     assert_eq!(app.on_key(key(KeyCode::Char('n')), &model), None);
-    app.on_key(key(KeyCode::Char('d')), &model);
+    app.on_key(ctrl_d, &model);
     assert_eq!(
         app.on_key(key(KeyCode::Char('y')), &model),
         Some(Action::RemoveService {
@@ -383,4 +388,67 @@ fn a_tiny_terminal_gets_a_message_not_a_panic() {
     terminal
         .draw(|frame| view::render(frame, &app, &model, &Theme::mono(), NOW))
         .unwrap();
+}
+
+#[test]
+fn the_problems_view_puts_what_is_broken_first() {
+    let model = model();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('7')), &model);
+    assert_eq!(app.view, View::Problems);
+    let text = screen(&app, &model);
+    assert!(text.contains("node worker-1 is down"), "{text}");
+    assert!(text.contains("web: update paused"), "{text}");
+    insta::assert_snapshot!(text);
+    // Enter on the paused update jumps to the service's tasks.
+    app.on_key(key(KeyCode::Char('j')), &model);
+    app.on_key(key(KeyCode::Enter), &model);
+    assert_eq!(app.view, View::Tasks);
+}
+
+#[test]
+fn l_follows_a_services_logs_and_f_pauses_them() {
+    let mut model = model();
+    let mut app = App::default();
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('l')), &model),
+        Some(Action::FollowLogs {
+            service: "svc-web".into()
+        })
+    );
+    assert_eq!(app.view, View::Logs);
+    model.add_logs(
+        (1..=30)
+            .map(|i| super::state::LogRow {
+                timestamp_ns: NOW * 1_000_000 + i,
+                source: "web.1@manager-1".into(),
+                stderr: i == 30,
+                text: format!("request {i} served"),
+            })
+            .collect(),
+    );
+    let text = screen(&app, &model);
+    assert!(
+        text.contains("request 30 served") && !text.contains("request 1 served\n"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
+    app.on_key(key(KeyCode::Char('f')), &model);
+    model.add_logs(vec![super::state::LogRow {
+        timestamp_ns: 0,
+        source: "web.1@manager-1".into(),
+        stderr: false,
+        text: "arrived while paused".into(),
+    }]);
+    assert!(!screen(&app, &model).contains("arrived while paused"));
+    app.on_key(key(KeyCode::Char('f')), &model);
+    assert!(screen(&app, &model).contains("arrived while paused"));
+}
+
+#[test]
+fn a_large_terminal_shows_more_of_everything() {
+    let model = model();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('1')), &model);
+    insta::assert_snapshot!(screen_of_size(&app, &model, 160, 48));
 }

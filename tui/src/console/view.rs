@@ -63,6 +63,8 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
         View::Tasks => render_tasks(frame, body, app, model, theme, now_ms),
         View::Events => render_events(frame, body, app, model, theme, now_ms),
         View::Cluster => render_cluster(frame, body, model, theme),
+        View::Logs => render_logs(frame, body, app, model, theme),
+        View::Problems => render_problems(frame, body, app, model, theme),
     }
     render_footer(frame, footer, app, model, theme);
     if app.mode == Mode::Help {
@@ -470,6 +472,112 @@ fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     );
 }
 
+fn render_logs(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let Some(service) = &app.logs_service else {
+        frame.render_widget(
+            Paragraph::new(
+                "Select a service in the services view (2) and press l to follow its logs.",
+            )
+            .block(Block::default().borders(Borders::TOP).title("Logs")),
+            area,
+        );
+        return;
+    };
+    let name = model
+        .services
+        .get(service)
+        .and_then(|s| s.spec.as_ref())
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "(removed)".into());
+    let newest = app.logs_paused_at.unwrap_or(model.logs_received);
+    let first_kept = model.logs_received - model.logs.len() as u64;
+    let search = app.filter.to_lowercase();
+    let visible = area.height.saturating_sub(1) as usize;
+    let mut lines: Vec<Line> = model
+        .logs
+        .iter()
+        .enumerate()
+        .take_while(|(i, _)| first_kept + (*i as u64) < newest)
+        .filter(|(_, row)| search.is_empty() || row.text.to_lowercase().contains(&search))
+        .map(|(_, row)| {
+            let mut spans = Vec::new();
+            if app.logs_timestamps {
+                let time = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_nanos(row.timestamp_ns.max(0) as u64);
+                spans.push(Span::styled(
+                    format!("{} ", humantime::format_rfc3339_seconds(time)),
+                    theme.dim,
+                ));
+            }
+            spans.push(Span::styled(format!("{} | ", row.source), theme.dim));
+            let style = if !search.is_empty() {
+                theme.selected
+            } else if row.stderr {
+                theme.warn
+            } else {
+                theme.text
+            };
+            spans.push(Span::styled(row.text.clone(), style));
+            Line::from(spans)
+        })
+        .collect();
+    let skip = lines.len().saturating_sub(visible);
+    lines.drain(..skip);
+    let state = match (&model.logs_status, app.logs_paused_at) {
+        (Some(status), _) => format!(" — {status}"),
+        (None, Some(_)) => " — paused (f follows)".to_string(),
+        (None, None) => " — following".to_string(),
+    };
+    let title = if app.filter.is_empty() {
+        format!("Logs of {name}{state}")
+    } else {
+        format!("Logs of {name}{state} (search: {})", app.filter)
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(theme.border)
+                .title(title),
+        ),
+        area,
+    );
+}
+
+fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
+    let keys = app.rows(model);
+    let problems = super::problems::find(model);
+    let rows: Vec<Row> = keys
+        .iter()
+        .filter_map(|key| problems.iter().find(|p| &p.key() == key))
+        .map(|problem| {
+            let style = match problem.level {
+                Level::Error => theme.error,
+                Level::Warn => theme.warn,
+                Level::Info => theme.text,
+            };
+            Row::new(vec![Cell::from(problem.text.clone()).style(style)])
+        })
+        .collect();
+    let count = rows.len();
+    let title = if count == 0 {
+        "Problems — none: every node, service and manager is healthy".to_string()
+    } else {
+        filter_title(
+            &format!("Problems ({count}) — Enter jumps to the object"),
+            app,
+        )
+    };
+    let widget = table(
+        &["WHAT NEEDS ATTENTION"],
+        rows,
+        &[Constraint::Min(20)],
+        title,
+        theme,
+    );
+    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+}
+
 fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
     let [status, keys] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
@@ -495,9 +603,11 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
     };
     frame.render_widget(Paragraph::new(line), status);
     let hints = match app.view {
-        View::Nodes => "a/p/D avail  +/- role  x rm  / filter  ? help  q quit",
-        View::Services => "Enter tasks  s scale  u update  r rollback  d rm  ? help  q quit",
-        _ => "1-5 views  j/k move  / filter  ? help  q quit",
+        View::Nodes => "a/p/d avail  +/- role  ^D rm  / filter  ? help  q quit",
+        View::Services => "Enter tasks  l logs  s scale  U update  r rollback  ^D rm  ? help",
+        View::Logs => "f pause/follow  t time  / search  g/G oldest/newest  ? help  q quit",
+        View::Problems => "Enter jump  j/k move  / filter  ? help  q quit",
+        _ => "1-7 views  j/k move  / filter  ? help  q quit",
     };
     frame.render_widget(Paragraph::new(hints).style(theme.dim), keys);
 }
