@@ -241,7 +241,9 @@ impl App {
     /// Row ids of the current view, filtered, in display order.
     pub fn rows(&self, model: &Model) -> Vec<String> {
         let filter = self.filter.to_lowercase();
-        let keep = |text: String| filter.is_empty() || text.to_lowercase().contains(&filter);
+        // Formatting every row only to match an empty filter would cost
+        // more than drawing: skip it.
+        let keep = |text: String| text.to_lowercase().contains(&filter);
         match self.view {
             View::Nodes => model
                 .nodes
@@ -264,7 +266,10 @@ impl App {
                 services.sort_by_key(|(_, s)| name(s));
                 services
                     .into_iter()
-                    .filter(|(_, s)| keep(format!("{} {}", name(s), super::view::image_of(s))))
+                    .filter(|(_, s)| {
+                        filter.is_empty()
+                            || keep(format!("{} {}", name(s), super::view::image_of(s)))
+                    })
                     .map(|(id, _)| id.clone())
                     .collect()
             }
@@ -272,18 +277,21 @@ impl App {
                 Some(service) => model
                     .tasks_of(service)
                     .into_iter()
-                    .filter(|t| keep(format!("{} {}", t.service_name, model.hostname(&t.node_id))))
+                    .filter(|t| {
+                        filter.is_empty()
+                            || keep(format!("{} {}", t.service_name, model.hostname(&t.node_id)))
+                    })
                     .filter_map(|t| t.meta.as_ref().map(|m| m.id.clone()))
                     .collect(),
                 None => Vec::new(),
             },
             View::Events => (0..model.events.len())
-                .filter(|i| keep(model.events[*i].text.clone()))
+                .filter(|i| filter.is_empty() || keep(model.events[*i].text.clone()))
                 .map(|i| i.to_string())
                 .collect(),
             View::Problems => super::problems::find(model)
                 .into_iter()
-                .filter(|p| keep(p.text.clone()))
+                .filter(|p| filter.is_empty() || keep(p.text.clone()))
                 .map(|p| p.key())
                 .collect(),
             View::Cluster | View::Logs => Vec::new(),

@@ -141,12 +141,21 @@ fn state_style(theme: &Theme, good: bool, bad: bool) -> Style {
     }
 }
 
-fn selection(app: &App, rows: usize) -> TableState {
+/// The rows of a table that fit in `area` and keep the selection in view:
+/// only those are built and drawn, so a view of 100,000 tasks costs what
+/// a screenful does. Returns the range and the selection's place in it.
+fn page(app: &App, total: usize, area: Rect) -> (std::ops::Range<usize>, TableState) {
+    // Border line and header row.
+    let visible = (area.height as usize).saturating_sub(2).max(1);
     let mut state = TableState::default();
-    if rows > 0 {
-        state.select(Some(app.selected().min(rows - 1)));
+    if total == 0 {
+        return (0..0, state);
     }
-    state
+    let selected = app.selected().min(total - 1);
+    let start = (selected + 1).saturating_sub(visible);
+    let end = (start + visible).min(total);
+    state.select(Some(selected - start));
+    (start..end, state)
 }
 
 fn filter_title(base: &str, app: &App) -> String {
@@ -159,12 +168,13 @@ fn filter_title(base: &str, app: &App) -> String {
 
 fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
     let ids = app.rows(model);
+    let (range, mut state) = page(app, ids.len(), area);
     let local = model
         .info
         .as_ref()
         .map(|i| i.node_id.clone())
         .unwrap_or_default();
-    let rows: Vec<Row> = ids
+    let rows: Vec<Row> = ids[range]
         .iter()
         .filter_map(|id| model.nodes.get(id))
         .map(|node| {
@@ -203,7 +213,6 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
             ])
         })
         .collect();
-    let count = rows.len();
     let widget = table(
         &[
             "ID",
@@ -225,12 +234,13 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
         filter_title("Nodes", app),
         theme,
     );
-    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+    frame.render_stateful_widget(widget, area, &mut state);
 }
 
 fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
     let ids = app.rows(model);
-    let rows: Vec<Row> = ids
+    let (range, mut state) = page(app, ids.len(), area);
+    let rows: Vec<Row> = ids[range]
         .iter()
         .filter_map(|id| model.services.get(id))
         .map(|service| {
@@ -263,7 +273,6 @@ fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
             ])
         })
         .collect();
-    let count = rows.len();
     let widget = table(
         &["NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE"],
         rows,
@@ -277,7 +286,7 @@ fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
         filter_title("Services (Enter: tasks)", app),
         theme,
     );
-    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+    frame.render_stateful_widget(widget, area, &mut state);
 }
 
 fn render_tasks(
@@ -305,8 +314,14 @@ fn render_tasks(
         .map(|s| s.name.clone())
         .unwrap_or_else(|| "(removed)".into());
     let ids = app.rows(model);
-    let mut previous_slot = None;
-    let rows: Vec<Row> = ids
+    let (range, mut state) = page(app, ids.len(), area);
+    // The row before the page decides whether the first row is history.
+    let mut previous_slot = range
+        .start
+        .checked_sub(1)
+        .and_then(|i| model.tasks.get(&ids[i]))
+        .map(super::state::slot_key);
+    let rows: Vec<Row> = ids[range]
         .iter()
         .filter_map(|id| model.tasks.get(id))
         .map(|task| {
@@ -353,7 +368,6 @@ fn render_tasks(
             ])
         })
         .collect();
-    let count = rows.len();
     let widget = table(
         &["NAME", "IMAGE", "NODE", "DESIRED", "CURRENT", "ERROR"],
         rows,
@@ -368,7 +382,7 @@ fn render_tasks(
         filter_title(&format!("Tasks of {name}"), app),
         theme,
     );
-    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+    frame.render_stateful_widget(widget, area, &mut state);
 }
 
 fn render_events(
@@ -380,7 +394,8 @@ fn render_events(
     now_ms: i64,
 ) {
     let ids = app.rows(model);
-    let rows: Vec<Row> = ids
+    let (range, mut state) = page(app, ids.len(), area);
+    let rows: Vec<Row> = ids[range]
         .iter()
         .filter_map(|i| i.parse::<usize>().ok())
         .filter_map(|i| model.events.get(i))
@@ -396,7 +411,6 @@ fn render_events(
             ])
         })
         .collect();
-    let count = rows.len();
     let widget = table(
         &["WHEN", "EVENT"],
         rows,
@@ -404,7 +418,7 @@ fn render_events(
         filter_title("Events (newest first)", app),
         theme,
     );
-    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+    frame.render_stateful_widget(widget, area, &mut state);
 }
 
 fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
@@ -546,8 +560,9 @@ fn render_logs(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &
 
 fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
     let keys = app.rows(model);
+    let (range, mut state) = page(app, keys.len(), area);
     let problems = super::problems::find(model);
-    let rows: Vec<Row> = keys
+    let rows: Vec<Row> = keys[range]
         .iter()
         .filter_map(|key| problems.iter().find(|p| &p.key() == key))
         .map(|problem| {
@@ -559,7 +574,7 @@ fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
             Row::new(vec![Cell::from(problem.text.clone()).style(style)])
         })
         .collect();
-    let count = rows.len();
+    let count = keys.len();
     let title = if count == 0 {
         "Problems — none: every node, service and manager is healthy".to_string()
     } else {
@@ -575,7 +590,7 @@ fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
         title,
         theme,
     );
-    frame.render_stateful_widget(widget, area, &mut selection(app, count));
+    frame.render_stateful_widget(widget, area, &mut state);
 }
 
 fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
