@@ -28,9 +28,16 @@ struct Args {
 }
 
 fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).stderr(Stdio::piped()).output()?;
+    let out = Command::new("docker")
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()?;
     if !out.status.success() {
-        bail!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,7 +60,9 @@ fn floor(count: usize) -> Result<Duration> {
         })
         .collect();
     for worker in workers {
-        worker.join().map_err(|_| anyhow::anyhow!("a docker run thread panicked"))??;
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a docker run thread panicked"))??;
     }
     let elapsed = started.elapsed();
     let ids = docker(&["ps", "-aq", "--filter", &format!("label={label}")])?;
@@ -71,7 +80,16 @@ fn shoal(count: usize) -> Result<Duration> {
     let m1 = cluster.agent("m1");
     let replicas = count.to_string();
     let started = Instant::now();
-    m1.shoal_ok(&["service", "create", "--detach", "--name", "bench", "--replicas", &replicas, IMAGE])?;
+    m1.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "bench",
+        "--replicas",
+        &replicas,
+        IMAGE,
+    ])?;
     wait_until(Duration::from_secs(600), || {
         let services = m1.shoal_json(&["service", "ls"])?;
         Ok(services[0]["replicas_running"].as_u64() == Some(count as u64))
@@ -83,9 +101,25 @@ fn swarm(count: usize) -> Result<Duration> {
     docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).context("docker swarm init")?;
     let result = (|| {
         let started = Instant::now();
-        docker(&["service", "create", "--detach", "--name", "shoal-bench", "--replicas", &count.to_string(), IMAGE])?;
+        docker(&[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "shoal-bench",
+            "--replicas",
+            &count.to_string(),
+            IMAGE,
+        ])?;
         loop {
-            let replicas = docker(&["service", "ls", "--filter", "name=shoal-bench", "--format", "{{.Replicas}}"])?;
+            let replicas = docker(&[
+                "service",
+                "ls",
+                "--filter",
+                "name=shoal-bench",
+                "--format",
+                "{{.Replicas}}",
+            ])?;
             if replicas.trim() == format!("{count}/{count}") {
                 return Ok(started.elapsed());
             }
@@ -104,13 +138,29 @@ fn main() -> Result<()> {
     let args = Args::parse();
     build_test_images()?;
     let floor = floor(args.replicas)?;
-    println!("engine floor: {} x docker run -d at parallelism 8: {:.1} s", args.replicas, floor.as_secs_f64());
+    println!(
+        "engine floor: {} x docker run -d at parallelism 8: {:.1} s",
+        args.replicas,
+        floor.as_secs_f64()
+    );
     let shoal = shoal(args.replicas)?;
-    println!("shoal: {} replicas running after {:.1} s", args.replicas, shoal.as_secs_f64());
-    let mut last = format!("shoal_s={:.1} floor_s={:.1}", shoal.as_secs_f64(), floor.as_secs_f64());
+    println!(
+        "shoal: {} replicas running after {:.1} s",
+        args.replicas,
+        shoal.as_secs_f64()
+    );
+    let mut last = format!(
+        "shoal_s={:.1} floor_s={:.1}",
+        shoal.as_secs_f64(),
+        floor.as_secs_f64()
+    );
     if args.vs_swarm {
         let swarm = swarm(args.replicas)?;
-        println!("docker swarm: {} replicas running after {:.1} s", args.replicas, swarm.as_secs_f64());
+        println!(
+            "docker swarm: {} replicas running after {:.1} s",
+            args.replicas,
+            swarm.as_secs_f64()
+        );
         last.push_str(&format!(" swarm_s={:.1}", swarm.as_secs_f64()));
     }
     println!("{last}");
