@@ -1021,6 +1021,16 @@ fn print_pretty(detail: &Value) {
     println!();
 }
 
+/// The health a task reported, when it has a health check.
+fn health_name(health: i32) -> Option<&'static str> {
+    match pb::HealthState::try_from(health) {
+        Ok(pb::HealthState::Starting) => Some("starting"),
+        Ok(pb::HealthState::Healthy) => Some("healthy"),
+        Ok(pb::HealthState::Unhealthy) => Some("unhealthy"),
+        _ => None,
+    }
+}
+
 fn task_name(task: &pb::Task) -> String {
     if task.slot > 0 {
         format!("{}.{}", task.service_name, task.slot)
@@ -1062,6 +1072,7 @@ pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> 
                     "message": status.message,
                     "error": status.err,
                     "exit_code": status.has_exit_code.then_some(status.exit_code),
+                    "health": health_name(status.health),
                 })
             })
             .collect();
@@ -1123,9 +1134,10 @@ pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> 
             t.node_hostname.clone(),
             super::output::capitalize(task_state_name(t.desired_state)),
             format!(
-                "{} {}",
+                "{} {}{}",
                 super::output::capitalize(task_state_name(status.state)),
-                ago(status.timestamp_ms)
+                ago(status.timestamp_ms),
+                health_name(status.health).map_or(String::new(), |h| format!(" ({h})"))
             ),
             error,
         ]);

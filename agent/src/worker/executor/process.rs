@@ -4,7 +4,8 @@
 //! (entrypoint followed by arguments) must name a program on the host.
 //!
 //! Each task gets `<data dir>/tasks/<task id>/` holding its output
-//! (`output.log`, one line per record: `<unix ns> <o|e> <text>`) and, once
+//! (`output.log`, one line per record: `<unix ns> <o|e> <text>`, rotated
+//! to `output.log.1` past 16 MiB) and, once
 //! it exits, its exit code (`exit`), so logs and outcomes survive an agent
 //! restart even though the processes do not.
 
@@ -25,6 +26,11 @@ use super::{EngineInfo, ExecError, Executor, Existing, Exit, LogEntry, LogOption
 use crate::store::{Health, Task};
 
 const OUTPUT_FILE: &str = "output.log";
+/// The previous output file, after a rotation.
+const ROTATED_FILE: &str = "output.log.1";
+/// Output kept per task: the current file rotates past this size, so a
+/// chatty task holds at most twice this on disk.
+const ROTATE_AT: u64 = 16 * 1024 * 1024;
 const EXIT_FILE: &str = "exit";
 
 struct Running {
@@ -35,6 +41,8 @@ struct Running {
 pub struct ProcessExecutor {
     node_id: String,
     dir: PathBuf,
+    /// Output file size at which it rotates.
+    rotate_at: u64,
     running: Mutex<HashMap<String, Arc<Running>>>,
 }
 
@@ -43,6 +51,7 @@ impl ProcessExecutor {
         ProcessExecutor {
             node_id: node_id.to_string(),
             dir: data_dir.join("tasks"),
+            rotate_at: ROTATE_AT,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -164,10 +173,7 @@ impl Executor for ProcessExecutor {
                 .map_err(|e| ExecError::Rejected(format!("cannot run {:?}: {e}", argv[0])))?;
             let pid = child.id().unwrap_or(0);
             let (exit_tx, exit_rx) = watch::channel(None);
-            let output = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(OUTPUT_FILE))
+            let output = Output::open(dir.clone(), self.rotate_at)
                 .await
                 .map_err(|e| runtime_error("opening the task's output file", e))?;
             let output = Arc::new(tokio::sync::Mutex::new(output));
@@ -352,12 +358,19 @@ impl Executor for ProcessExecutor {
         options: LogOptions,
     ) -> BoxFuture<'a, Result<BoxStream<'static, LogEntry>, ExecError>> {
         async move {
-            let path = self.task_dir(&task.meta.id).join(OUTPUT_FILE);
-            let history = match tokio::fs::read_to_string(&path).await {
-                Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(runtime_error("reading the task's output", e)),
+            let dir = self.task_dir(&task.meta.id);
+            let path = dir.join(OUTPUT_FILE);
+            let read = |path: PathBuf| async move {
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(text) => Ok(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                    Err(e) => Err(runtime_error("reading the task's output", e)),
+                }
             };
+            let rotated = read(dir.join(ROTATED_FILE)).await?;
+            let current = read(path.clone()).await?;
+            let offset = current.len() as u64;
+            let history = rotated + &current;
             let wanted = move |entry: &LogEntry| {
                 options
                     .since_ns
@@ -376,7 +389,6 @@ impl Executor for ProcessExecutor {
                 let skip = lines.len().saturating_sub(tail as usize);
                 lines.drain(..skip);
             }
-            let offset = history.len() as u64;
             let history = futures::stream::iter(lines);
             let running = self.running.lock().get(&task.meta.id).cloned();
             match running.filter(|_| options.follow) {
@@ -394,17 +406,52 @@ impl Executor for ProcessExecutor {
     }
 }
 
+/// The task's output file and how much it holds, shared by the stdout
+/// and stderr copiers.
+struct Output {
+    dir: PathBuf,
+    file: tokio::fs::File,
+    size: u64,
+    rotate_at: u64,
+}
+
+impl Output {
+    async fn open(dir: PathBuf, rotate_at: u64) -> std::io::Result<Self> {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(OUTPUT_FILE))
+            .await?;
+        let size = file.metadata().await?.len();
+        Ok(Output {
+            dir,
+            file,
+            size,
+            rotate_at,
+        })
+    }
+
+    async fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
+        if self.size + record.len() as u64 > self.rotate_at {
+            tokio::fs::rename(self.dir.join(OUTPUT_FILE), self.dir.join(ROTATED_FILE)).await?;
+            *self = Output::open(self.dir.clone(), self.rotate_at).await?;
+        }
+        self.file.write_all(record).await?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+}
+
 /// Copies a pipe into the output file, one timestamped record per line.
 async fn copy_lines(
     pipe: impl tokio::io::AsyncRead + Unpin,
     source: char,
-    output: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+    output: Arc<tokio::sync::Mutex<Output>>,
 ) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let record = format!("{} {source} {line}\n", now_ns());
-        let mut file = output.lock().await;
-        if file.write_all(record.as_bytes()).await.is_err() {
+        if output.lock().await.write(record.as_bytes()).await.is_err() {
             return;
         }
     }
@@ -443,7 +490,25 @@ fn follow_file(
                     return None;
                 }
                 let exited = exit.borrow().is_some();
-                let fresh = read_from(&path, offset).await;
+                let current_len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+                let mut fresh = String::new();
+                if current_len < offset {
+                    // Rotated since the last read: finish the old file
+                    // first, then start the new one from its beginning.
+                    let rotated = path.with_file_name(ROTATED_FILE);
+                    let rest = read_from(&rotated, offset).await;
+                    let complete = rest.rfind('\n').map_or(0, |i| i + 1);
+                    fresh.push_str(&rest[..complete]);
+                    offset = 0;
+                    let mut more: Vec<LogEntry> = fresh.lines().filter_map(parse_record).collect();
+                    more.reverse();
+                    queued = more;
+                    fresh.clear();
+                    if !queued.is_empty() {
+                        continue;
+                    }
+                }
+                let fresh = fresh + &read_from(&path, offset).await;
                 offset += fresh.len() as u64;
                 // Only whole lines; a partial one waits for the next read.
                 let complete = fresh.rfind('\n').map_or(0, |i| i + 1);
@@ -570,6 +635,47 @@ mod tests {
         let exit = exec.wait(&t).await.unwrap();
         assert_eq!(exit.code, 128 + libc::SIGKILL);
         exec.remove("t2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn output_rotates_and_history_spans_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        exec.rotate_at = 4096;
+        let t = task(
+            "t4",
+            &[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo line $i; done",
+            ],
+        );
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        assert_eq!(exec.wait(&t).await.unwrap().code, 0);
+        let task_dir = dir.path().join("tasks").join("t4");
+        let current = std::fs::metadata(task_dir.join(OUTPUT_FILE)).unwrap().len();
+        assert!(current <= 4096, "{current}");
+        assert!(task_dir.join(ROTATED_FILE).exists());
+        let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
+        // The two files hold the newest lines, in order, ending at the last.
+        assert!(lines.len() > 100, "{}", lines.len());
+        assert_eq!(
+            lines.last().map(|l| l.data.clone()),
+            Some(b"line 400".to_vec())
+        );
+        let numbers: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| {
+                String::from_utf8_lossy(&l.data)
+                    .strip_prefix("line ")
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "out of order: {numbers:?}"
+        );
     }
 
     #[tokio::test]
