@@ -183,3 +183,119 @@ fn nothing_in_the_store_is_readable_in_any_data_directory() -> Result<()> {
     assert!(hits.is_empty(), "plain text found in {hits:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reach_the_control_api_over_tls_but_not_raft() -> Result<()> {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(1, 0, Executor::Sim))?;
+    let m1 = cluster.agent("m1");
+    let dir = cluster.root().join("operator");
+    let dir_text = dir.display().to_string();
+    tokio::task::block_in_place(|| {
+        m1.shoal_ok(&[
+            "swarm",
+            "ca",
+            "operator-cert",
+            "--name",
+            "alice",
+            "--out",
+            &dir_text,
+        ])
+    })?;
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("key.pem"))?.permissions(),
+    );
+    assert_eq!(key_mode & 0o077, 0, "the operator key must be private");
+
+    // The CLI over TCP with the operator bundle.
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(shoal_tests::shoal_path())
+            .args([
+                "--host",
+                &m1.addr,
+                "--tls-dir",
+                &dir_text,
+                "node",
+                "ls",
+                "--format",
+                "json",
+            ])
+            .output()
+    })?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"m1\""));
+
+    // The same certificate on the raft service is refused by role.
+    let creds = shoal_proto::transport::OperatorCredentials::load(&dir)?;
+    let channel =
+        shoal_proto::transport::connect_tls(&m1.addr, creds.tls, shoal_proto::MANAGER_SERVER_NAME)
+            .await?;
+    let mut raft = shoal_proto::v1::raft_client::RaftClient::new(channel);
+    let refused = raft
+        .vote(shoal_proto::v1::RaftPayload::default())
+        .await
+        .expect_err("an operator must not vote in raft");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    Ok(())
+}
+
+#[test]
+fn a_short_lived_certificate_renews_before_it_expires() -> Result<()> {
+    // A cluster whose certificates live one minute from the start.
+    let mut cluster = Cluster::empty(Executor::Sim)?;
+    cluster.add("m1")?;
+    cluster.add("w1")?;
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&[
+        "swarm",
+        "init",
+        "--cert-expiry",
+        "1m",
+        "--advertise-addr",
+        &m1.addr,
+    ])?;
+    let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
+    let w1 = cluster.agent("w1");
+    w1.shoal_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        "--advertise-addr",
+        &w1.addr,
+        &m1.addr,
+    ])?;
+    let expiry = |agent: &Agent| -> Result<i64> {
+        Ok(agent.shoal_json(&["info"])?["cert_expires_at_ms"]
+            .as_i64()
+            .unwrap_or(0))
+    };
+    let first = expiry(w1)?;
+    let left = first - now_ms();
+    assert!(left > 0 && left <= 61_000, "{left} ms left");
+    // Renewed at 50–80 % of its minute: well before it runs out.
+    wait_until(Duration::from_secs(60), || Ok(expiry(w1)? > first))?;
+    assert!(now_ms() < first, "renewed only after expiry");
+    // And the node keeps working with its new certificate.
+    std::thread::sleep(Duration::from_secs(2));
+    let nodes = m1.shoal_json(&["node", "ls"])?;
+    assert!(
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["hostname"] == "w1" && n["status"] == "ready"),
+        "{nodes}"
+    );
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -265,6 +265,7 @@ impl Agent {
                 .map_err(NodeError::Failed)?;
         }
         tokio::spawn(roles::follow_role_changes(self.clone(), active.clone()));
+        tokio::spawn(roles::renew_before_expiry(self.clone(), active.clone()));
         Ok(active)
     }
 

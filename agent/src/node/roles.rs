@@ -10,6 +10,7 @@
 //!   get a worker certificate.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::ca_client::CaClient;
@@ -102,6 +103,54 @@ pub async fn renew_certificate(
     Err(NodeError::Failed(format!(
         "renewing this node's certificate failed: {last_error}"
     )))
+}
+
+/// Renews this node's certificate at a random point between 50 % and 80 %
+/// of its life (random so that a whole cluster does not renew at once),
+/// with a fresh key; retries with backoff while no manager answers.
+pub async fn renew_before_expiry(agent: Arc<Agent>, active: Arc<ActiveNode>) {
+    let mut backoff = Duration::from_secs(5);
+    loop {
+        let current = active.tls.certificate();
+        // Certificates start an hour early for clock skew; life counts
+        // from issuance.
+        let issued_at = current.not_before + crate::pki::ca::CLOCK_SKEW.as_millis() as i64;
+        let life = (current.not_after - issued_at).max(0) as f64;
+        let fraction = rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..0.8);
+        let renew_at = issued_at + (life * fraction) as i64;
+        let wait = Duration::from_millis((renew_at - crate::ids::now_ms()).max(0) as u64);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = active.shutdown.cancelled() => return,
+        }
+        let guard = active.role_lock.lock().await;
+        if active.tls.certificate().serial_hex != current.serial_hex {
+            // A role change renewed it meanwhile.
+            continue;
+        }
+        let renewed = match renew_certificate(&active).await {
+            Ok((issued, key_pem)) => install_certificate(&agent, &active, &issued, key_pem),
+            Err(e) => Err(e),
+        };
+        match renewed {
+            Ok(()) => {
+                backoff = Duration::from_secs(5);
+                tracing::info!(
+                    expires_at_ms = active.tls.certificate().not_after,
+                    "renewed this node's certificate"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "certificate renewal failed");
+                drop(guard);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = active.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
 }
 
 /// Installs a newly issued certificate and key: in memory and on disk.

@@ -16,7 +16,7 @@ use crate::secret::Secret;
 
 /// Certificates start a little in the past so that a peer whose clock is
 /// slightly behind accepts them at once.
-const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+pub const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 /// Root CA validity: 20 years, as Docker's.
 pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);

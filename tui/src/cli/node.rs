@@ -156,32 +156,33 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             }
         }
         NodeCommand::Update(args) => {
-            let node = find(&mut client, target, &args.node).await?;
-            let mut spec = spec_of(&node);
-            if let Some(availability) = &args.availability {
-                spec.availability = match availability.as_str() {
-                    "pause" => pb::NodeAvailability::Pause,
-                    "drain" => pb::NodeAvailability::Drain,
-                    _ => pb::NodeAvailability::Active,
-                } as i32;
-            }
-            for label in &args.label_add {
-                let (k, v) = key_value(label);
-                if k.is_empty() {
-                    anyhow::bail!("invalid label {label:?}: use KEY=VALUE");
+            let node = change_node(&mut client, target, &args.node, |node, spec| {
+                if let Some(availability) = &args.availability {
+                    spec.availability = match availability.as_str() {
+                        "pause" => pb::NodeAvailability::Pause,
+                        "drain" => pb::NodeAvailability::Drain,
+                        _ => pb::NodeAvailability::Active,
+                    } as i32;
                 }
-                spec.labels.insert(k, v);
-            }
-            for key in &args.label_rm {
-                if spec.labels.remove(key).is_none() {
-                    anyhow::bail!(
-                        "node {} has no label {key:?}; its labels are: {}",
-                        hostname_of(&node),
-                        spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
-                    );
+                for label in &args.label_add {
+                    let (k, v) = key_value(label);
+                    if k.is_empty() {
+                        anyhow::bail!("invalid label {label:?}: use KEY=VALUE");
+                    }
+                    spec.labels.insert(k, v);
                 }
-            }
-            update(&mut client, target, &node, spec).await?;
+                for key in &args.label_rm {
+                    if spec.labels.remove(key).is_none() {
+                        anyhow::bail!(
+                            "node {} has no label {key:?}; its labels are: {}",
+                            hostname_of(node),
+                            spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                }
+                Ok(())
+            })
+            .await?;
             println!("{}", id_of(&node));
         }
         NodeCommand::Promote { nodes } => {
@@ -191,9 +192,11 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     println!("Node {} is already a manager.", hostname_of(&node));
                     continue;
                 }
-                let mut spec = spec_of(&node);
-                spec.desired_role = pb::NodeRole::Manager as i32;
-                update(&mut client, target, &node, spec).await?;
+                change_node(&mut client, target, &name, |_, spec| {
+                    spec.desired_role = pb::NodeRole::Manager as i32;
+                    Ok(())
+                })
+                .await?;
                 println!(
                     "Node {} promoted to a manager in the swarm.",
                     hostname_of(&node)
@@ -209,9 +212,11 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     println!("Node {} is already a worker.", hostname_of(&node));
                     continue;
                 }
-                let mut spec = spec_of(&node);
-                spec.desired_role = pb::NodeRole::Worker as i32;
-                update(&mut client, target, &node, spec).await?;
+                change_node(&mut client, target, &name, |_, spec| {
+                    spec.desired_role = pb::NodeRole::Worker as i32;
+                    Ok(())
+                })
+                .await?;
                 println!("Manager {} demoted in the swarm.", hostname_of(&node));
             }
         }
@@ -265,21 +270,34 @@ async fn find(
         .ok_or_else(|| anyhow::anyhow!("no such node: {name}"))
 }
 
-async fn update(
+/// Reads a node, changes its spec and writes it back naming the version
+/// read. The cluster changes nodes too (status, role changes under way),
+/// so a write that lost the race is retried on a fresh read: the
+/// operator's intent is the same.
+async fn change_node(
     client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
     target: &Target,
-    node: &pb::Node,
-    spec: pb::NodeSpec,
-) -> anyhow::Result<()> {
-    client
-        .update_node(pb::UpdateNodeRequest {
-            node: id_of(node).to_string(),
-            version: node.meta.as_ref().map(|m| m.version).unwrap_or(0),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|s| rpc_error(target, s))?;
-    Ok(())
+    name: &str,
+    change: impl Fn(&pb::Node, &mut pb::NodeSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<pb::Node> {
+    let mut attempts = 0;
+    loop {
+        let node = find(client, target, name).await?;
+        let mut spec = spec_of(&node);
+        change(&node, &mut spec)?;
+        let result = client
+            .update_node(pb::UpdateNodeRequest {
+                node: id_of(&node).to_string(),
+                version: node.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                spec: Some(spec),
+            })
+            .await;
+        match result {
+            Ok(_) => return Ok(node),
+            Err(status) if status.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
+            Err(status) => return Err(rpc_error(target, status)),
+        }
+    }
 }
 
 fn id_of(node: &pb::Node) -> &str {

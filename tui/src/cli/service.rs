@@ -694,9 +694,7 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
             }
         }
         ServiceCommand::Update(args) => {
-            let service = find(&mut client, target, &args.service).await?;
-            let mut spec = service.spec.clone().unwrap_or_default();
-            {
+            let updated = change_service(&mut client, target, &args.service, |spec| {
                 let task = spec.task.get_or_insert_with(Default::default);
                 let container = task.container.get_or_insert_with(Default::default);
                 if let Some(image) = &args.image {
@@ -708,30 +706,27 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                 container
                     .env
                     .retain(|e| !args.env_rm.contains(&key_value(e).0));
+                for env in &args.env_add {
+                    let (k, _) = key_value(env);
+                    container.env.retain(|e| key_value(e).0 != k);
+                    container.env.push(env.clone());
+                }
                 let placement = task.placement.get_or_insert_with(Default::default);
                 placement
                     .constraints
                     .retain(|c| !args.constraint_rm.contains(c));
+                placement
+                    .constraints
+                    .extend(args.constraint_add.iter().cloned());
                 if args.force {
                     task.force_update += 1;
                 }
-            }
-            for key in &args.label_rm {
-                spec.labels.remove(key);
-            }
-            args.spec.apply(&mut spec)?;
-            let updated = client
-                .update_service(pb::UpdateServiceRequest {
-                    service: service_id(&service).to_string(),
-                    version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
-                    spec: Some(spec),
-                    rollback: false,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .service
-                .ok_or_else(|| anyhow::anyhow!("the manager returned no service"))?;
+                for key in &args.label_rm {
+                    spec.labels.remove(key);
+                }
+                args.spec.apply(spec)
+            })
+            .await?;
             println!("{}", spec_name(&updated));
             if !args.spec.detach && !args.spec.quiet {
                 converge(&mut client, target, service_id(&updated), false).await?;
@@ -746,31 +741,22 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                 let replicas: u64 = n.parse().map_err(|_| {
                     anyhow::anyhow!("invalid replica count {n:?} for {name}: use a whole number")
                 })?;
-                let service = find(&mut client, target, name).await?;
-                let mut spec = service.spec.clone().unwrap_or_default();
-                if spec.mode == pb::ServiceMode::Global as i32 {
-                    failed.push(format!(
-                        "{name}: scale can only be used with replicated mode"
-                    ));
-                    continue;
-                }
-                spec.replicas = replicas;
-                let result = client
-                    .update_service(pb::UpdateServiceRequest {
-                        service: service_id(&service).to_string(),
-                        version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
-                        spec: Some(spec),
-                        rollback: false,
-                    })
-                    .await;
+                let result = change_service(&mut client, target, name, |spec| {
+                    if spec.mode == pb::ServiceMode::Global as i32 {
+                        anyhow::bail!("{name}: scale can only be used with replicated mode");
+                    }
+                    spec.replicas = replicas;
+                    Ok(())
+                })
+                .await;
                 match result {
-                    Ok(_) => {
+                    Ok(service) => {
                         println!("{name} scaled to {replicas}");
                         if !detach {
                             converge(&mut client, target, service_id(&service), false).await?;
                         }
                     }
-                    Err(status) => failed.push(format!("{name}: {}", status.message())),
+                    Err(e) => failed.push(format!("{e:#}")),
                 }
             }
             if !failed.is_empty() {
@@ -817,6 +803,41 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// Reads a service, changes its spec and writes it back naming the
+/// version read. The update supervisor writes services too (update
+/// status), so a write that lost the race is retried on a fresh read.
+async fn change_service(
+    client: &mut Client,
+    target: &Target,
+    name: &str,
+    change: impl Fn(&mut pb::ServiceSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<pb::Service> {
+    let mut attempts = 0;
+    loop {
+        let service = find(client, target, name).await?;
+        let mut spec = service.spec.clone().unwrap_or_default();
+        change(&mut spec)?;
+        let result = client
+            .update_service(pb::UpdateServiceRequest {
+                service: service_id(&service).to_string(),
+                version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                spec: Some(spec),
+                rollback: false,
+            })
+            .await;
+        match result {
+            Ok(response) => {
+                return response
+                    .into_inner()
+                    .service
+                    .ok_or_else(|| anyhow::anyhow!("the manager returned no service"));
+            }
+            Err(status) if status.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
+            Err(status) => return Err(rpc_error(target, status)),
+        }
+    }
 }
 
 async fn find(client: &mut Client, target: &Target, name: &str) -> anyhow::Result<pb::Service> {
