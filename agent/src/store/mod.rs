@@ -687,12 +687,16 @@ impl Store {
 
     /// A consistent read of the whole store. Keep the guard short: apply
     /// waits for it.
+    ///
+    /// Recursive: a reader that (through some helper) reads again while a
+    /// writer waits must not deadlock against that writer, which a plain
+    /// writer-preferring read would do.
     pub fn read(&self) -> RwLockReadGuard<'_, Tables> {
-        self.tables.read()
+        self.tables.read_recursive()
     }
 
     pub fn version(&self) -> u64 {
-        self.tables.read().version
+        self.tables.read_recursive().version
     }
 
     /// Live changes from now on.
@@ -732,7 +736,7 @@ impl Store {
     }
 
     pub fn raft_applied(&self) -> RaftApplied {
-        self.tables.read().raft.clone()
+        self.tables.read_recursive().raft.clone()
     }
 
     fn publish(&self, changes: Changes) {
@@ -756,7 +760,7 @@ impl Store {
     pub fn watch_from(&self, since: u64) -> (WatchStart, broadcast::Receiver<Arc<Changes>>) {
         // Apply publishes while holding the write lock, so under the read
         // lock the history and the receiver meet exactly.
-        let tables = self.tables.read();
+        let tables = self.tables.read_recursive();
         let receiver = self.changes.subscribe();
         let history = self.history.lock();
         if since > 0 && since >= history.complete_after && since <= tables.version {
@@ -780,7 +784,7 @@ impl Store {
 
     /// Serializes the whole store for a raft snapshot.
     pub fn snapshot(&self) -> StoreSnapshot {
-        let tables = self.tables.read();
+        let tables = self.tables.read_recursive();
         StoreSnapshot {
             version: tables.version,
             raft: tables.raft.clone(),
