@@ -124,7 +124,19 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(shoald_path())
+        let mut command = Command::new(shoald_path());
+        // If the test process is killed (a timeout, Ctrl-C), its agents die
+        // with it instead of running on unowned.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
+        // only the child being started.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--socket")
