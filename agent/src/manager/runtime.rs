@@ -190,6 +190,20 @@ impl ManagerRuntime {
         }
     }
 
+    /// Waits (briefly) until the local store has applied `version`.
+    async fn wait_applied(&self, version: u64) {
+        let mut changes = self.store.subscribe();
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+            while self.store.version() < version {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Waits (at most a few election timeouts) until raft names a leader
     /// other than `failed`.
     async fn wait_for_leader_other_than(&self, failed: RaftId) {
@@ -346,7 +360,13 @@ impl ManagerRuntime {
                     else {
                         return Err(self.no_leader());
                     };
-                    self.forward(&member.addr, &tx).await
+                    let forwarded = self.forward(&member.addr, &tx).await;
+                    if let Ok(version) = forwarded {
+                        // Read-your-writes: the caller reads this manager's
+                        // store next, so answer once it has the write.
+                        self.wait_applied(version).await;
+                    }
+                    forwarded
                 }
             };
             match result {
