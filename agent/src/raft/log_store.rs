@@ -45,8 +45,35 @@ struct Inner {
     log: Keyspace,
     meta: Keyspace,
     dek: DataKey,
-    /// Appends waiting for the flusher's next sync.
-    flush_queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Flusher,
+}
+
+/// The group-commit thread and its queue of appends waiting for the next
+/// sync.
+struct Flusher {
+    queue: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn enqueue(&self, callback: LogFlushed<TypeConfig>) -> Result<(), DbError> {
+        self.queue
+            .as_ref()
+            .and_then(|queue| queue.send(callback).ok())
+            .ok_or_else(|| DbError("the raft log flusher has stopped".into()))
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // The thread holds a handle on the database, and with it fjall's
+        // directory lock: wait for it to go, so that reopening the same
+        // directory right after dropping this one cannot find it locked.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A storage failure, as text: fjall, decoding and decryption errors all
@@ -82,7 +109,7 @@ impl RaftDb {
             .map_err(|e| failed(e.to_string()))?;
         let (flush_queue, pending) = mpsc::channel();
         let flusher_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(flusher_db, pending))
             .map_err(|e| failed(format!("cannot start the log flusher: {e}")))?;
@@ -93,12 +120,19 @@ impl RaftDb {
                 log,
                 meta,
                 dek,
-                flush_queue,
+                flusher: Flusher {
+                    queue: Some(flush_queue),
+                    thread: Some(thread),
+                },
             }),
         };
-        // Reading the vote proves the key opens this log, so a wrong key
-        // is reported now, not as a raft failure later.
+        // Opening what is there proves the key opens this log, so a wrong
+        // key is reported now, not as a raft failure later. Any of these
+        // may be missing (a learner can hold entries before it votes, a
+        // purged log only a snapshot), hence all three.
         this.get_meta::<Vote>(VOTE)
+            .and_then(|_| this.last_entry())
+            .and_then(|_| this.get_meta::<SnapshotMeta>(SNAPSHOT_META))
             .map_err(|e| failed(e.to_string()))?;
         Ok(this)
     }
@@ -374,11 +408,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch
             .commit()
             .map_err(|e| write_logs(db_error("appending", e)))?;
-        self.db
-            .inner
-            .flush_queue
-            .send(callback)
-            .map_err(|_| write_logs(DbError("the raft log flusher has stopped".into())))
+        self.db.inner.flusher.enqueue(callback).map_err(write_logs)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -460,6 +490,21 @@ mod tests {
         drop(store);
         drop(db);
 
+        let err = RaftDb::open(dir.path(), DataKey::generate())
+            .err()
+            .expect("a wrong key is refused");
+        assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_refused_even_before_any_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = RaftDb::open(dir.path(), DataKey::generate()).unwrap();
+            append(&mut db.log_store(), vec![blank(1, 1)]).await;
+        }
+        // Reopening straight away also shows the dropped store let go of
+        // the directory.
         let err = RaftDb::open(dir.path(), DataKey::generate())
             .err()
             .expect("a wrong key is refused");
