@@ -9,21 +9,37 @@
 # Quick when the images exist already; --force rebuilds them.
 set -euo pipefail
 
-busybox=/bin/busybox
-if [[ ! -x "$busybox" ]] || ! file -L "$busybox" 2>/dev/null | grep -q static; then
-    for candidate in /bin/busybox /usr/bin/busybox; do
-        [[ -x "$candidate" ]] && busybox="$candidate"
-    done
-fi
-if [[ ! -x "$busybox" ]]; then
-    echo "build.sh: no busybox found; install it with: apt-get install -y busybox-static" >&2
+case "${1:-}" in
+    "" | --force) force=${1:-} ;;
+    *)
+        echo "usage: $0 [--force]   (--force rebuilds images that exist)" >&2
+        exit 2
+        ;;
+esac
+
+if ! command -v docker >/dev/null; then
+    echo "build.sh: the docker CLI is not installed; the test images are built with it" >&2
     exit 1
 fi
-
-force=${1:-}
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 if [[ "$force" != --force ]] && have shoal-test/busybox:1 && have shoal-test/busybox:2 && have shoal-test/busybox:unhealthy; then
     exit 0
+fi
+
+# The images hold nothing but busybox, so it must be the static build: a
+# dynamic one would find no C library inside them. ldd fails on static
+# binaries.
+busybox=
+for candidate in /bin/busybox /usr/bin/busybox; do
+    if [[ -x "$candidate" ]] && ! ldd "$candidate" >/dev/null 2>&1; then
+        busybox=$candidate
+        break
+    fi
+done
+if [[ -z "$busybox" ]]; then
+    echo "build.sh: no statically linked busybox in /bin or /usr/bin; install it with:" >&2
+    echo "    apt-get install -y busybox-static" >&2
+    exit 1
 fi
 
 work="$(mktemp -d)"

@@ -22,6 +22,9 @@ use super::{EngineInfo, ExecError, Executor, Existing, Exit, LogEntry, LogOption
 use crate::ids::short;
 use crate::store::{Health, Task};
 
+/// bollard's default socket (not exported by it).
+const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+
 pub const LABEL_NODE: &str = "com.shoal.node.id";
 pub const LABEL_SERVICE: &str = "com.shoal.service.id";
 pub const LABEL_SERVICE_NAME: &str = "com.shoal.service.name";
@@ -60,10 +63,16 @@ fn engine_error(what: &str, e: DockerError) -> ExecError {
 impl DockerExecutor {
     /// Connects to the local engine and checks that it answers.
     pub async fn connect(node_id: &str) -> Result<Self, ExecError> {
+        // Where bollard's local defaults look: DOCKER_HOST when it names a
+        // unix socket, else the standard one.
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|host| host.starts_with("unix://"))
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
         let unreachable = |e: String| {
             ExecError::Runtime(format!(
-                "the Docker engine is unreachable at the local socket ({e}); start it, or run \
-                 shoald with --executor process"
+                "the Docker engine is unreachable at {socket} ({e}); start it, or run shoald \
+                 with --executor process"
             ))
         };
         let docker =
@@ -80,10 +89,15 @@ impl DockerExecutor {
     }
 
     fn container_name(&self, task: &Task) -> String {
+        let node_id = if task.node_id.is_empty() {
+            &self.node_id
+        } else {
+            &task.node_id
+        };
         let place = if task.slot > 0 {
             task.slot.to_string()
         } else {
-            short(&task.node_id).to_string()
+            short(node_id).to_string()
         };
         format!("{}.{}.{}", task.service_name, place, task.meta.id)
     }
@@ -117,23 +131,35 @@ impl DockerExecutor {
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(engine_error(&format!("looking for image {image}"), e)),
         }
         let mut pull = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_string()),
+                tag: pull_tag(image).map(str::to_string),
                 ..Default::default()
             }),
             None,
             None,
         );
         while let Some(progress) = pull.next().await {
-            if let Err(e) = progress {
-                return Err(ExecError::Rejected(format!(
-                    "image {image} is not on this node and could not be pulled ({e}); build or \
-                     load it on the node with docker"
-                )));
+            match progress {
+                Ok(_) => {}
+                // The engine or the registry refused: pulling again will
+                // not make the image appear.
+                Err(
+                    e @ (DockerError::DockerResponseServerError { .. }
+                    | DockerError::DockerStreamError { .. }),
+                ) => {
+                    return Err(ExecError::Rejected(format!(
+                        "image {image} is not on this node and could not be pulled ({e}); build \
+                         or load it on the node with docker"
+                    )));
+                }
+                Err(e) => return Err(engine_error(&format!("pulling image {image}"), e)),
             }
         }
         Ok(())
@@ -197,8 +223,12 @@ impl Executor for DockerExecutor {
 
     fn describe(&self) -> BoxFuture<'_, EngineInfo> {
         async move {
-            let Ok(info) = self.docker.info().await else {
-                return EngineInfo::default();
+            let info = match self.docker.info().await {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!(error = %e, "docker engine: reading its info failed: reporting no resources");
+                    return EngineInfo::default();
+                }
             };
             let mut engine = EngineInfo {
                 os: info.os_type.unwrap_or_default(),
@@ -238,17 +268,31 @@ impl Executor for DockerExecutor {
                     }),
                     self.create_body(task),
                 )
-                .await
-                .map_err(|e| match e {
-                    DockerError::DockerResponseServerError {
-                        status_code: 400,
-                        message,
-                    } => {
-                        ExecError::Rejected(format!("the engine refused the container: {message}"))
-                    }
-                    e => engine_error("creating the container", e),
-                })?;
-            Ok(created.id)
+                .await;
+            match created {
+                Ok(created) => Ok(created.id),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                }) => Err(ExecError::Rejected(format!(
+                    "the engine refused the container of task {}: {message}",
+                    task.meta.id
+                ))),
+                // The name is taken: by this task's container when another
+                // prepare got there first, else by a stranger.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 409,
+                    message,
+                }) => match self.find(&task.meta.id).await? {
+                    Some(id) => Ok(id),
+                    None => Err(ExecError::Rejected(format!(
+                        "container name {} is taken by a container that is not this node's \
+                         ({message}); remove it with docker rm",
+                        self.container_name(task)
+                    ))),
+                },
+                Err(e) => Err(engine_error("creating the container", e)),
+            }
         }
         .boxed()
     }
@@ -284,9 +328,23 @@ impl Executor for DockerExecutor {
             let mut waiting = self
                 .docker
                 .wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
-            // The wait itself reports non-zero exits as errors; the exit
-            // code and its reason come from inspecting afterwards.
-            let _ = waiting.next().await;
+            // The wait reports non-zero exits as errors; the exit code and
+            // its reason come from inspecting afterwards. Any other error
+            // means the wait broke off, not that the container exited.
+            match waiting.next().await {
+                Some(Ok(_) | Err(DockerError::DockerContainerWaitError { .. })) => {}
+                Some(Err(e)) if is_not_found(&e) => {
+                    return Err(ExecError::NotFound(task.meta.id.clone()));
+                }
+                Some(Err(e)) => return Err(engine_error("waiting for the container", e)),
+                None => {
+                    return Err(ExecError::Runtime(format!(
+                        "docker engine: waiting for the container of task {}: the engine \
+                         ended the wait without an outcome",
+                        task.meta.id
+                    )));
+                }
+            }
             let inspected = self
                 .docker
                 .inspect_container(
@@ -294,7 +352,10 @@ impl Executor for DockerExecutor {
                     None::<bollard::query_parameters::InspectContainerOptions>,
                 )
                 .await
-                .map_err(|e| engine_error("inspecting the container", e))?;
+                .map_err(|e| match e {
+                    e if is_not_found(&e) => ExecError::NotFound(task.meta.id.clone()),
+                    e => engine_error("inspecting the container", e),
+                })?;
             let state = inspected.state.unwrap_or_default();
             let code = state.exit_code.unwrap_or(-1) as i32;
             let message = if state.oom_killed == Some(true) {
@@ -337,11 +398,18 @@ impl Executor for DockerExecutor {
             let Some(id) = self.find(&task.meta.id).await? else {
                 return Ok(());
             };
+            let seconds = i32::try_from(grace.as_secs().max(1)).unwrap_or(i32::MAX);
             let options = StopContainerOptions {
-                t: Some(grace.as_secs().max(1) as i32),
+                t: Some(seconds),
                 ..Default::default()
             };
-            match self.docker.stop_container(&id, Some(options)).await {
+            // The engine answers once the container is down, which can be
+            // the whole grace: the client must not give up before.
+            let docker = self
+                .docker
+                .clone()
+                .with_timeout(grace.saturating_add(Duration::from_secs(30)));
+            match docker.stop_container(&id, Some(options)).await {
                 Ok(()) => Ok(()),
                 Err(e) if is_not_modified(&e) || is_not_found(&e) => Ok(()),
                 Err(e) => Err(engine_error("stopping the container", e)),
@@ -467,6 +535,14 @@ impl Executor for DockerExecutor {
     }
 }
 
+/// The tag to pull for an image reference that names none: the engine
+/// would otherwise pull every tag of the repository.
+fn pull_tag(image: &str) -> Option<&'static str> {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    let pinned = image.contains('@') || name.contains(':');
+    (!pinned).then_some("latest")
+}
+
 /// A log frame as the engine sends it with timestamps: `<RFC 3339> <line>`.
 fn parse_line(source: LogSource, frame: &[u8]) -> Option<LogEntry> {
     let text = std::str::from_utf8(frame).ok()?;
@@ -486,28 +562,14 @@ fn parse_line(source: LogSource, frame: &[u8]) -> Option<LogEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Meta;
+    use crate::store::{HealthConfig, Meta};
 
     const IMAGE: &str = "shoal-test/busybox:1";
 
-    /// Builds the test images if needed and removes this test's containers
-    /// however the test ends.
+    /// A test's own node id on the shared engine. Removes the test's
+    /// containers however the test ends.
     struct Engine {
         node_id: String,
-    }
-
-    impl Engine {
-        fn new() -> Self {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/images/build.sh");
-            let built = std::process::Command::new("bash").arg(script).status();
-            assert!(
-                built.is_ok_and(|s| s.success()),
-                "building test images failed"
-            );
-            Engine {
-                node_id: crate::ids::new_id(),
-            }
-        }
     }
 
     impl Drop for Engine {
@@ -530,6 +592,26 @@ mod tests {
         }
     }
 
+    /// Connects as a fresh node and builds the test images if needed; None
+    /// (the test is skipped) only when no engine answers.
+    async fn engine() -> Option<(Engine, DockerExecutor)> {
+        let node_id = crate::ids::new_id();
+        let docker = match DockerExecutor::connect(&node_id).await {
+            Ok(docker) => docker,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return None;
+            }
+        };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/images/build.sh");
+        let built = std::process::Command::new("bash").arg(script).status();
+        assert!(
+            built.is_ok_and(|s| s.success()),
+            "building the test images with {script} failed"
+        );
+        Some((Engine { node_id }, docker))
+    }
+
     fn task(image: &str, args: &[&str]) -> Task {
         let mut task = Task {
             meta: Meta::new(crate::ids::new_id(), 0),
@@ -543,10 +625,38 @@ mod tests {
         task
     }
 
+    fn all_output() -> LogOptions {
+        LogOptions {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }
+    }
+
+    fn text(lines: &[LogEntry]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+            .collect()
+    }
+
+    async fn health_becomes(docker: &DockerExecutor, t: &Task, wanted: Health) -> Health {
+        let mut health = Health::None;
+        for _ in 0..100 {
+            health = docker.health(t).await.unwrap();
+            if health == wanted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        health
+    }
+
     #[tokio::test]
     async fn a_container_runs_exits_with_its_code_and_keeps_its_logs() {
-        let engine = Engine::new();
-        let docker = DockerExecutor::connect(&engine.node_id).await.unwrap();
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
         let t = task(IMAGE, &["sh", "-c", "echo one; echo two >&2; exit 7"]);
         let id = docker.prepare(&t).await.unwrap();
         assert_eq!(
@@ -556,17 +666,7 @@ mod tests {
         );
         docker.start(&t).await.unwrap();
         assert_eq!(docker.wait(&t).await.unwrap().code, 7);
-        let options = LogOptions {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
-        let lines: Vec<LogEntry> = docker
-            .logs(&t, options.clone())
-            .await
-            .unwrap()
-            .collect()
-            .await;
+        let lines: Vec<LogEntry> = docker.logs(&t, all_output()).await.unwrap().collect().await;
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines.iter().all(|l| l.timestamp_ns > 0));
         assert!(
@@ -579,7 +679,7 @@ mod tests {
                 &t,
                 LogOptions {
                     tail: Some(1),
-                    ..options
+                    ..all_output()
                 },
             )
             .await
@@ -587,54 +687,300 @@ mod tests {
             .collect()
             .await;
         assert_eq!(tail.len(), 1);
+        let stdout_only: Vec<LogEntry> = docker
+            .logs(
+                &t,
+                LogOptions {
+                    stdout: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(text(&stdout_only), ["one"]);
         let listed = docker.list().await.unwrap();
         assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].task_id, t.meta.id);
+        assert_eq!(listed[0].container_id, id);
         assert_eq!(listed[0].exit_code, Some(7));
+        assert!(!listed[0].running);
         docker.remove(&t.meta.id).await.unwrap();
         docker.remove(&t.meta.id).await.unwrap();
         assert!(docker.list().await.unwrap().is_empty());
+        assert!(matches!(docker.wait(&t).await, Err(ExecError::NotFound(_))));
+        assert!(matches!(
+            docker.logs(&t, all_output()).await,
+            Err(ExecError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn containers_are_named_and_labelled_for_their_task_and_node() {
+        let Some((engine, docker)) = engine().await else {
+            return;
+        };
+        let mut replicated = task(IMAGE, &["true"]);
+        replicated
+            .spec
+            .container
+            .labels
+            .insert("team".into(), "blue".into());
+        let mut global = task(IMAGE, &["true"]);
+        global.slot = 0;
+        global.node_id = engine.node_id.clone();
+        docker.prepare(&replicated).await.unwrap();
+        docker.prepare(&global).await.unwrap();
+        let inspect = |t: &Task| {
+            let id = t.meta.id.clone();
+            let docker = &docker;
+            async move {
+                let found = docker.find(&id).await.unwrap().unwrap();
+                docker
+                    .docker
+                    .inspect_container(
+                        &found,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let inspected = inspect(&replicated).await;
+        assert_eq!(
+            inspected.name.as_deref(),
+            Some(format!("/svc.1.{}", replicated.meta.id).as_str())
+        );
+        let labels = inspected.config.unwrap().labels.unwrap();
+        for (key, value) in [
+            (LABEL_NODE, engine.node_id.as_str()),
+            (LABEL_SERVICE, "s1"),
+            (LABEL_SERVICE_NAME, "svc"),
+            (LABEL_TASK, replicated.meta.id.as_str()),
+            (LABEL_SLOT, "1"),
+            ("team", "blue"),
+        ] {
+            assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
+        }
+        assert_eq!(
+            inspect(&global).await.name.as_deref(),
+            Some(format!("/svc.{}.{}", short(&engine.node_id), global.meta.id).as_str())
+        );
+        // Another node sharing the engine sees none of them.
+        let other = DockerExecutor::connect(&crate::ids::new_id())
+            .await
+            .unwrap();
+        assert!(other.list().await.unwrap().is_empty());
+        assert_eq!(docker.list().await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn stop_ends_a_running_container_within_its_grace() {
-        let engine = Engine::new();
-        let docker = DockerExecutor::connect(&engine.node_id).await.unwrap();
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
+        // The image's `sleep infinity` is the container's init and
+        // ignores SIGTERM: only the SIGKILL after the grace ends it.
         let t = task(IMAGE, &[]);
         docker.prepare(&t).await.unwrap();
+        docker.start(&t).await.unwrap();
         docker.start(&t).await.unwrap();
         assert!(docker.list().await.unwrap()[0].running);
         let started = std::time::Instant::now();
         docker.stop(&t, Duration::from_secs(1)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert_ne!(docker.wait(&t).await.unwrap().code, 0);
+        assert_eq!(docker.wait(&t).await.unwrap().code, 137);
         docker.stop(&t, Duration::from_secs(1)).await.unwrap();
+        let listed = docker.list().await.unwrap();
+        assert!(!listed[0].running);
+        assert_eq!(listed[0].exit_code, Some(137));
+    }
+
+    #[tokio::test]
+    async fn follow_streams_new_lines_until_the_container_exits() {
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
+        let t = task(
+            IMAGE,
+            &["sh", "-c", "echo old; sleep 1; echo new1; echo new2 >&2"],
+        );
+        docker.prepare(&t).await.unwrap();
+        docker.start(&t).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let follow = docker
+            .logs(
+                &t,
+                LogOptions {
+                    follow: true,
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap();
+        let lines: Vec<LogEntry> = tokio::time::timeout(Duration::from_secs(10), follow.collect())
+            .await
+            .unwrap();
+        assert_eq!(text(&lines), ["old", "new1", "new2"]);
+        let since = lines[1].timestamp_ns;
+        let recent: Vec<LogEntry> = docker
+            .logs(
+                &t,
+                LogOptions {
+                    since_ns: Some(since),
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(text(&recent), ["new1", "new2"]);
     }
 
     #[tokio::test]
     async fn the_images_health_check_decides_health() {
-        let engine = Engine::new();
-        let docker = DockerExecutor::connect(&engine.node_id).await.unwrap();
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
         let t = task("shoal-test/busybox:unhealthy", &[]);
         docker.prepare(&t).await.unwrap();
         docker.start(&t).await.unwrap();
-        let mut health = Health::None;
-        for _ in 0..100 {
-            health = docker.health(&t).await.unwrap();
-            if health == Health::Unhealthy {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            health_becomes(&docker, &t, Health::Unhealthy).await,
+            Health::Unhealthy
+        );
+    }
+
+    #[tokio::test]
+    async fn the_specs_health_check_overrides_the_images() {
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
+        let mut passing = task("shoal-test/busybox:unhealthy", &[]);
+        passing.spec.container.healthcheck = Some(HealthConfig {
+            test: vec!["CMD".into(), "true".into()],
+            interval_ms: 200,
+            timeout_ms: 1000,
+            retries: 1,
+            start_period_ms: 0,
+        });
+        let mut unchecked = task("shoal-test/busybox:unhealthy", &[]);
+        unchecked.spec.container.no_healthcheck = true;
+        for t in [&passing, &unchecked] {
+            docker.prepare(t).await.unwrap();
+            docker.start(t).await.unwrap();
         }
-        assert_eq!(health, Health::Unhealthy);
+        assert_eq!(
+            health_becomes(&docker, &passing, Health::Healthy).await,
+            Health::Healthy
+        );
+        assert_eq!(docker.health(&unchecked).await.unwrap(), Health::None);
     }
 
     #[tokio::test]
     async fn a_missing_image_is_rejected_with_what_to_do() {
-        let engine = Engine::new();
-        let docker = DockerExecutor::connect(&engine.node_id).await.unwrap();
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
         let t = task("shoal-test/does-not-exist:1", &[]);
         let err = docker.prepare(&t).await.unwrap_err();
         assert!(matches!(err, ExecError::Rejected(_)), "{err}");
         assert!(err.to_string().contains("build or load it"), "{err}");
+        assert!(
+            err.to_string().contains("shoal-test/does-not-exist:1"),
+            "{err}"
+        );
+        assert!(docker.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_command_the_image_lacks_fails_to_start_as_rejected() {
+        let Some((_engine, docker)) = engine().await else {
+            return;
+        };
+        let t = task(IMAGE, &["/no/such/program"]);
+        docker.prepare(&t).await.unwrap();
+        let err = docker.start(&t).await.unwrap_err();
+        assert!(matches!(err, ExecError::Rejected(_)), "{err}");
+        assert!(err.to_string().contains("/no/such/program"), "{err}");
+    }
+
+    #[test]
+    fn the_create_body_carries_the_spec() {
+        let docker = DockerExecutor {
+            docker: match Docker::connect_with_local_defaults() {
+                Ok(docker) => docker,
+                Err(e) => {
+                    eprintln!("skipping: no docker client: {e}");
+                    return;
+                }
+            },
+            node_id: "node1".into(),
+        };
+        let mut t = task(IMAGE, &["-c", "echo hi"]);
+        t.spec.container.command = vec!["sh".into()];
+        t.spec.container.env = vec!["A=1".into()];
+        t.spec.container.dir = "/tmp".into();
+        t.spec.container.user = "nobody".into();
+        t.spec.container.stop_grace_period_ms = 2500;
+        t.spec.container.healthcheck = Some(HealthConfig {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval_ms: 1500,
+            timeout_ms: 2,
+            retries: 4,
+            start_period_ms: 0,
+        });
+        t.spec.limits.memory_bytes = 64 << 20;
+        t.spec.limits.nano_cpus = 500_000_000;
+        let body = docker.create_body(&t);
+        assert_eq!(body.entrypoint, Some(vec!["sh".to_string()]));
+        assert_eq!(
+            body.cmd,
+            Some(vec!["-c".to_string(), "echo hi".to_string()])
+        );
+        assert_eq!(body.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(body.user.as_deref(), Some("nobody"));
+        assert_eq!(body.stop_timeout, Some(2));
+        let health = body.healthcheck.unwrap();
+        assert_eq!(health.interval, Some(1_500_000_000));
+        assert_eq!(health.timeout, Some(2_000_000));
+        assert_eq!(health.retries, Some(4));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.memory, Some(64 << 20));
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+
+        t.spec.container.no_healthcheck = true;
+        t.spec.container.command.clear();
+        t.spec.limits = Default::default();
+        let body = docker.create_body(&t);
+        assert_eq!(body.healthcheck.unwrap().test, Some(vec!["NONE".into()]));
+        assert_eq!(body.entrypoint, None, "the image's entrypoint stays");
+        let host = body.host_config.unwrap();
+        assert_eq!((host.memory, host.nano_cpus), (None, None));
+    }
+
+    #[test]
+    fn untagged_images_pull_latest_not_every_tag() {
+        assert_eq!(pull_tag("nginx"), Some("latest"));
+        assert_eq!(pull_tag("registry:5000/team/app"), Some("latest"));
+        assert_eq!(pull_tag("registry:5000/team/app:2"), None);
+        assert_eq!(pull_tag("nginx:1.27"), None);
+        assert_eq!(pull_tag("nginx@sha256:abcd"), None);
+    }
+
+    #[test]
+    fn log_frames_give_their_timestamp_and_line() {
+        let entry = parse_line(
+            LogSource::Stderr,
+            b"2024-05-01T10:00:00.123456789Z hello world\n",
+        )
+        .unwrap();
+        assert_eq!(entry.timestamp_ns, 1_714_557_600_123_456_789);
+        assert_eq!(entry.data, b"hello world");
+        assert_eq!(entry.source, LogSource::Stderr);
+        let empty = parse_line(LogSource::Stdout, b"2024-05-01T10:00:00Z \n").unwrap();
+        assert_eq!(empty.data, b"");
     }
 }

@@ -4,22 +4,27 @@
 //! (entrypoint followed by arguments) must name a program on the host.
 //!
 //! Each task gets `<data dir>/tasks/<task id>/` holding its output
-//! (`output.log`, one line per record: `<unix ns> <o|e> <text>`, rotated
-//! to `output.log.1` past 16 MiB) and, once
-//! it exits, its exit code (`exit`), so logs and outcomes survive an agent
-//! restart even though the processes do not.
+//! (`output.log`, one line per record: `<unix ns> <o|e> <bytes>`, rotated
+//! to `output.log.1` past 16 MiB), while it runs its process id (`pid`),
+//! and once it exits its exit code (`exit`), so logs and outcomes survive
+//! an agent restart even though the processes do not: a process left
+//! behind by an agent that died is killed when the next one finds it.
+//!
+//! Each task's process leads its own process group, like a container's
+//! init: stopping it signals the whole group, and when it exits whatever
+//! it left behind in the group is killed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use super::{EngineInfo, ExecError, Executor, Existing, Exit, LogEntry, LogOptions, LogSource};
@@ -32,10 +37,29 @@ const ROTATED_FILE: &str = "output.log.1";
 /// chatty task holds at most twice this on disk.
 const ROTATE_AT: u64 = 16 * 1024 * 1024;
 const EXIT_FILE: &str = "exit";
+/// `<pid> <start time>` while the task runs. The start time tells the
+/// task's process from an unrelated one that reused its pid.
+const PID_FILE: &str = "pid";
+/// Longer output lines are split into records of this size, as Docker
+/// splits them, so that one endless line cannot exhaust memory.
+const MAX_LINE: usize = 16 * 1024;
+/// How long the output copiers may go on after the task's process exits.
+/// Its group is killed then, but a process that moved to a group of its
+/// own can hold the pipes open forever.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How often a log follower looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+// Docker's health check defaults, for the fields a spec leaves at zero.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTH_RETRIES: u32 = 3;
 
 struct Running {
     pid: u32,
     exit: watch::Receiver<Option<Exit>>,
+    /// The checker's verdict; None when the task has no health check.
+    health: Option<watch::Receiver<Health>>,
 }
 
 pub struct ProcessExecutor {
@@ -44,6 +68,17 @@ pub struct ProcessExecutor {
     /// Output file size at which it rotates.
     rotate_at: u64,
     running: Mutex<HashMap<String, Arc<Running>>>,
+}
+
+/// A task's health check, with Docker's defaults filled in.
+#[derive(Clone)]
+struct HealthCheck {
+    program: String,
+    args: Vec<String>,
+    interval: Duration,
+    timeout: Duration,
+    retries: u32,
+    start_period: Duration,
 }
 
 impl ProcessExecutor {
@@ -60,22 +95,73 @@ impl ProcessExecutor {
         self.dir.join(task_id)
     }
 
-    fn argv(task: &Task) -> Result<Vec<String>, ExecError> {
+    /// The program to run and its arguments: the command (the entrypoint)
+    /// followed by the args.
+    fn argv(task: &Task) -> Result<(String, Vec<String>), ExecError> {
         let container = &task.spec.container;
-        let argv: Vec<String> = container
+        let mut argv = container
             .command
             .iter()
             .chain(container.args.iter())
-            .cloned()
-            .collect();
-        if argv.is_empty() {
-            return Err(ExecError::Rejected(format!(
+            .cloned();
+        match argv.next() {
+            Some(program) => Ok((program, argv.collect())),
+            None => Err(ExecError::Rejected(format!(
                 "task {} has no command: the process executor runs commands on the host and \
                  cannot run image {:?}; give the service a command",
                 task.meta.id, container.image
-            )));
+            ))),
         }
-        Ok(argv)
+    }
+
+    /// The task's health check, if it has one a process can run. An empty
+    /// test means "the image's", and processes have no image.
+    fn health_check(task: &Task) -> Result<Option<HealthCheck>, ExecError> {
+        let container = &task.spec.container;
+        let Some(check) = container
+            .healthcheck
+            .as_ref()
+            .filter(|_| !container.no_healthcheck)
+        else {
+            return Ok(None);
+        };
+        let test: Vec<&str> = check.test.iter().map(String::as_str).collect();
+        let (program, args) = match test.as_slice() {
+            [] | ["NONE", ..] => return Ok(None),
+            ["CMD", program, args @ ..] => (
+                program.to_string(),
+                args.iter().map(|a| a.to_string()).collect(),
+            ),
+            ["CMD-SHELL", command @ ..] if !command.is_empty() => {
+                ("sh".to_string(), vec!["-c".to_string(), command.join(" ")])
+            }
+            _ => {
+                return Err(ExecError::Rejected(format!(
+                    "task {}: health check test {:?} is not understood; write it as \
+                     [\"CMD\", program, args...] or [\"CMD-SHELL\", command]",
+                    task.meta.id, check.test
+                )));
+            }
+        };
+        let or = |ms: u64, default: Duration| {
+            if ms == 0 {
+                default
+            } else {
+                Duration::from_millis(ms)
+            }
+        };
+        Ok(Some(HealthCheck {
+            program,
+            args,
+            interval: or(check.interval_ms, DEFAULT_HEALTH_INTERVAL),
+            timeout: or(check.timeout_ms, DEFAULT_HEALTH_TIMEOUT),
+            retries: if check.retries == 0 {
+                DEFAULT_HEALTH_RETRIES
+            } else {
+                check.retries
+            },
+            start_period: Duration::from_millis(check.start_period_ms),
+        }))
     }
 
     fn recorded_exit(&self, task_id: &str) -> Option<Exit> {
@@ -88,6 +174,37 @@ impl ProcessExecutor {
     }
 }
 
+/// A command in the task's environment and directory, leading a process
+/// group of its own; used for the task's process and its health checks.
+fn task_command(
+    node_id: &str,
+    task: &Task,
+    program: &str,
+    args: &[String],
+) -> tokio::process::Command {
+    let container = &task.spec.container;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .env("SHOAL_TASK_ID", &task.meta.id)
+        .env("SHOAL_SERVICE_NAME", &task.service_name)
+        .env("SHOAL_TASK_SLOT", task.slot.to_string())
+        .env("SHOAL_NODE_ID", node_id);
+    for pair in &container.env {
+        // A bare name unsets the variable, as in a container's env.
+        match pair.split_once('=') {
+            Some((k, v)) => command.env(k, v),
+            None => command.env_remove(pair),
+        };
+    }
+    if !container.dir.is_empty() {
+        command.current_dir(&container.dir);
+    }
+    command
+}
+
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -98,6 +215,7 @@ fn now_ns() -> i64 {
 /// Signals the task's whole process group: the child leads its own group
 /// (see `start`), so whatever it forked gets the signal too.
 fn signal_group(pid: u32, signal: rustix::process::Signal) {
+    // Pid 0 would mean the agent's own group.
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
         return;
     };
@@ -105,8 +223,86 @@ fn signal_group(pid: u32, signal: rustix::process::Signal) {
     let _ = rustix::process::kill_process_group(pid, signal);
 }
 
+/// When a process started, in clock ticks since boot, if it still exists
+/// and leads its process group; None where there is no /proc.
+fn group_leader_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields
+    // after it. Field 3 of proc(5) is the first after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let group: u32 = fields.get(5 - 3)?.parse().ok()?;
+    if group != pid {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+/// Kills what a task's process left running when an earlier life of the
+/// agent ended without stopping it. It cannot be adopted (it is no child
+/// of this agent, so it cannot be waited for) and must not run alongside
+/// a replacement.
+fn kill_orphan(task_dir: &Path) {
+    let pid_file = task_dir.join(PID_FILE);
+    let Ok(text) = std::fs::read_to_string(&pid_file) else {
+        return;
+    };
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    if let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next())
+        && let Ok(pid) = u32::try_from(pid)
+        // Only if the pid still names that process: after a reboot or
+        // pid reuse it is somebody else's.
+        && group_leader_start_time(pid) == Some(started)
+    {
+        tracing::warn!(pid, dir = %task_dir.display(), "killing a task's process left running by an earlier agent");
+        signal_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
 fn runtime_error(what: &str, e: impl std::fmt::Display) -> ExecError {
     ExecError::Runtime(format!("{what}: {e}"))
+}
+
+fn total_memory_bytes() -> i64 {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<i64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024))
+}
+
+fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => Exit {
+                code,
+                message: None,
+            },
+            // The shell's convention, which containers follow too.
+            (None, Some(signal)) => Exit {
+                code: 128 + signal,
+                message: Some(format!("killed by signal {signal}")),
+            },
+            (None, None) => Exit {
+                code: -1,
+                message: Some(format!("ended without an exit code: {status}")),
+            },
+        },
+        Err(e) => Exit {
+            code: -1,
+            message: Some(format!("waiting for the process failed: {e}")),
+        },
+    }
 }
 
 impl Executor for ProcessExecutor {
@@ -124,6 +320,7 @@ impl Executor for ProcessExecutor {
             info.resources.nano_cpus = std::thread::available_parallelism()
                 .map(|n| n.get() as i64 * 1_000_000_000)
                 .unwrap_or(0);
+            info.resources.memory_bytes = total_memory_bytes();
             info
         }
         .boxed()
@@ -132,6 +329,7 @@ impl Executor for ProcessExecutor {
     fn prepare<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<String, ExecError>> {
         async move {
             Self::argv(task)?;
+            Self::health_check(task)?;
             let dir = self.task_dir(&task.meta.id);
             tokio::fs::create_dir_all(&dir)
                 .await
@@ -146,36 +344,48 @@ impl Executor for ProcessExecutor {
             if self.running.lock().contains_key(&task.meta.id) {
                 return Ok(());
             }
-            let argv = Self::argv(task)?;
-            let container = &task.spec.container;
+            let (program, args) = Self::argv(task)?;
+            let check = Self::health_check(task)?;
             let dir = self.task_dir(&task.meta.id);
-            let mut command = tokio::process::Command::new(&argv[0]);
-            command
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .env("SHOAL_TASK_ID", &task.meta.id)
-                .env("SHOAL_SERVICE_NAME", &task.service_name)
-                .env("SHOAL_TASK_SLOT", task.slot.to_string())
-                .env("SHOAL_NODE_ID", &self.node_id);
-            for pair in &container.env {
-                if let Some((k, v)) = pair.split_once('=') {
-                    command.env(k, v);
-                }
-            }
-            if !container.dir.is_empty() {
-                command.current_dir(&container.dir);
-            }
-            let mut child = command
-                .spawn()
-                .map_err(|e| ExecError::Rejected(format!("cannot run {:?}: {e}", argv[0])))?;
-            let pid = child.id().unwrap_or(0);
-            let (exit_tx, exit_rx) = watch::channel(None);
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| runtime_error(&format!("creating {}", dir.display()), e))?;
+            kill_orphan(&dir);
+            // Opened before the process exists, so that failing here
+            // leaves nothing running.
             let output = Output::open(dir.clone(), self.rotate_at)
                 .await
                 .map_err(|e| runtime_error("opening the task's output file", e))?;
+            let mut command = task_command(&self.node_id, task, &program, &args);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = command.spawn().map_err(|e| {
+                let place = match task.spec.container.dir.as_str() {
+                    "" => String::new(),
+                    dir => format!(" in {dir}"),
+                };
+                let message = format!(
+                    "task {}: cannot run {:?}{place}: {e}",
+                    task.meta.id, program
+                );
+                match e.kind() {
+                    // The spec names what is not there: running it again
+                    // will not help.
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        ExecError::Rejected(format!(
+                            "{message}; the command must name a program on this host"
+                        ))
+                    }
+                    _ => ExecError::Runtime(message),
+                }
+            })?;
+            // Only None once reaped, and nothing has waited for it yet.
+            let pid = child.id().unwrap_or(0);
+            if let Some(started) = group_leader_start_time(pid) {
+                let record = format!("{pid} {started}\n");
+                if let Err(e) = tokio::fs::write(dir.join(PID_FILE), record).await {
+                    tracing::warn!(task = %task.meta.id, error = %e, "could not record the task's pid: an agent crash would leave it running");
+                }
+            }
             let output = Arc::new(tokio::sync::Mutex::new(output));
             let mut copiers = Vec::new();
             if let Some(stdout) = child.stdout.take() {
@@ -184,41 +394,39 @@ impl Executor for ProcessExecutor {
             if let Some(stderr) = child.stderr.take() {
                 copiers.push(tokio::spawn(copy_lines(stderr, 'e', output)));
             }
-            let exit_path = dir.join(EXIT_FILE);
+            let (exit_tx, exit_rx) = watch::channel(None);
+            let health = check.map(|check| {
+                let (health_tx, health_rx) = watch::channel(Health::Starting);
+                tokio::spawn(run_health_checks(
+                    self.node_id.clone(),
+                    task.clone(),
+                    check,
+                    exit_rx.clone(),
+                    health_tx,
+                ));
+                health_rx
+            });
             tokio::spawn(async move {
                 let status = child.wait().await;
-                for copier in copiers {
-                    let _ = copier.await;
+                // Like a container whose init ended: what it left behind
+                // goes too, and with it the hold on the output pipes.
+                signal_group(pid, rustix::process::Signal::KILL);
+                let drain = futures::future::join_all(copiers.iter_mut());
+                if tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await.is_err() {
+                    copiers.iter().for_each(|c| c.abort());
                 }
-                let exit = match status {
-                    Ok(status) => match (
-                        status.code(),
-                        std::os::unix::process::ExitStatusExt::signal(&status),
-                    ) {
-                        (Some(code), _) => Exit {
-                            code,
-                            message: None,
-                        },
-                        (None, Some(signal)) => Exit {
-                            code: 128 + signal,
-                            message: Some(format!("killed by signal {signal}")),
-                        },
-                        (None, None) => Exit {
-                            code: -1,
-                            message: None,
-                        },
-                    },
-                    Err(e) => Exit {
-                        code: -1,
-                        message: Some(format!("waiting for the process failed: {e}")),
-                    },
-                };
-                let _ = tokio::fs::write(&exit_path, exit.code.to_string()).await;
-                let _ = exit_tx.send(Some(exit));
+                let exit = describe_exit(status);
+                let _ = tokio::fs::write(dir.join(EXIT_FILE), exit.code.to_string()).await;
+                let _ = tokio::fs::remove_file(dir.join(PID_FILE)).await;
+                exit_tx.send_replace(Some(exit));
             });
             self.running.lock().insert(
                 task.meta.id.clone(),
-                Arc::new(Running { pid, exit: exit_rx }),
+                Arc::new(Running {
+                    pid,
+                    exit: exit_rx,
+                    health,
+                }),
             );
             Ok(())
         }
@@ -234,13 +442,12 @@ impl Executor for ProcessExecutor {
                     .ok_or_else(|| ExecError::NotFound(task.meta.id.clone()));
             };
             let mut exit = running.exit.clone();
-            loop {
-                if let Some(exit) = exit.borrow_and_update().clone() {
-                    return Ok(exit);
-                }
-                if exit.changed().await.is_err() {
-                    return Err(ExecError::NotFound(task.meta.id.clone()));
-                }
+            match exit.wait_for(Option::is_some).await {
+                Ok(exit) => Ok(exit.clone().unwrap_or(Exit {
+                    code: -1,
+                    message: None,
+                })),
+                Err(_) => Err(ExecError::NotFound(task.meta.id.clone())),
             }
         }
         .boxed()
@@ -248,35 +455,15 @@ impl Executor for ProcessExecutor {
 
     fn health<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Health, ExecError>> {
         async move {
-            let Some(check) = task
-                .spec
-                .container
-                .healthcheck
-                .as_ref()
-                .filter(|_| !task.spec.container.no_healthcheck)
-            else {
-                return Ok(Health::None);
-            };
-            let command = match check.test.first().map(String::as_str) {
-                Some("CMD-SHELL") => vec!["sh".to_string(), "-c".into(), check.test[1..].join(" ")],
-                Some("CMD") => check.test[1..].to_vec(),
-                Some("NONE") | None => return Ok(Health::None),
-                Some(_) => check.test.clone(),
-            };
-            let Some((program, args)) = command.split_first() else {
-                return Ok(Health::None);
-            };
-            let timeout = Duration::from_millis(check.timeout_ms.max(1000));
-            let run = tokio::process::Command::new(program)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            Ok(match tokio::time::timeout(timeout, run).await {
-                Ok(Ok(status)) if status.success() => Health::Healthy,
-                _ => Health::Unhealthy,
-            })
+            let running = self.running.lock().get(&task.meta.id).cloned();
+            match running {
+                Some(running) => Ok(running
+                    .health
+                    .as_ref()
+                    .map_or(Health::None, |h| *h.borrow())),
+                None if self.task_dir(&task.meta.id).exists() => Ok(Health::None),
+                None => Err(ExecError::NotFound(task.meta.id.clone())),
+            }
         }
         .boxed()
     }
@@ -285,6 +472,7 @@ impl Executor for ProcessExecutor {
         async move {
             let running = self.running.lock().get(&task.meta.id).cloned();
             let Some(running) = running else {
+                kill_orphan(&self.task_dir(&task.meta.id));
                 return Ok(());
             };
             let exited = running.exit.borrow().is_some();
@@ -293,14 +481,12 @@ impl Executor for ProcessExecutor {
             }
             signal_group(running.pid, rustix::process::Signal::TERM);
             let mut exit = running.exit.clone();
-            let in_time = tokio::time::timeout(grace, async {
-                let _ = exit.wait_for(Option::is_some).await;
-            })
-            .await
-            .is_ok();
+            let in_time = tokio::time::timeout(grace, exit.wait_for(Option::is_some).map(|_| ()))
+                .await
+                .is_ok();
             if !in_time {
                 signal_group(running.pid, rustix::process::Signal::KILL);
-                let _ = exit.wait_for(Option::is_some).await.map(|_| ());
+                let _ = exit.wait_for(Option::is_some).map(|_| ()).await;
             }
             Ok(())
         }
@@ -309,16 +495,28 @@ impl Executor for ProcessExecutor {
 
     fn remove<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), ExecError>> {
         async move {
+            let dir = self.task_dir(task_id);
             let running = self.running.lock().remove(task_id);
-            if let Some(running) = running
-                && running.exit.borrow().is_none()
-            {
-                signal_group(running.pid, rustix::process::Signal::KILL);
+            match running {
+                Some(running) => {
+                    let exited = running.exit.borrow().is_some();
+                    if !exited {
+                        signal_group(running.pid, rustix::process::Signal::KILL);
+                        // Its copiers write into the directory until it has
+                        // exited; they are bounded by DRAIN_AFTER_EXIT.
+                        let mut exit = running.exit.clone();
+                        let _ = exit.wait_for(Option::is_some).map(|_| ()).await;
+                    }
+                }
+                None => kill_orphan(&dir),
             }
-            match tokio::fs::remove_dir_all(self.task_dir(task_id)).await {
+            match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(runtime_error("removing the task directory", e)),
+                Err(e) => Err(runtime_error(
+                    &format!("removing the task directory {}", dir.display()),
+                    e,
+                )),
             }
         }
         .boxed()
@@ -330,15 +528,26 @@ impl Executor for ProcessExecutor {
             let mut entries = match tokio::fs::read_dir(&self.dir).await {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-                Err(e) => return Err(runtime_error("listing task directories", e)),
+                Err(e) => {
+                    return Err(runtime_error(
+                        &format!("listing task directories in {}", self.dir.display()),
+                        e,
+                    ));
+                }
             };
             while let Ok(Some(entry)) = entries.next_entry().await {
+                if !entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
                 let task_id = entry.file_name().to_string_lossy().into_owned();
                 let running = self.running.lock().get(&task_id).cloned();
                 let exit_code = match &running {
                     Some(r) => r.exit.borrow().as_ref().map(|e| e.code),
-                    // After an agent restart the process is gone with it.
-                    None => Some(self.recorded_exit(&task_id).map_or(-1, |e| e.code)),
+                    None => {
+                        // Not ours: an earlier agent started it.
+                        kill_orphan(&entry.path());
+                        Some(self.recorded_exit(&task_id).map_or(-1, |e| e.code))
+                    }
                 };
                 found.push(Existing {
                     container_id: format!("process-{task_id}"),
@@ -359,18 +568,31 @@ impl Executor for ProcessExecutor {
     ) -> BoxFuture<'a, Result<BoxStream<'static, LogEntry>, ExecError>> {
         async move {
             let dir = self.task_dir(&task.meta.id);
-            let path = dir.join(OUTPUT_FILE);
-            let read = |path: PathBuf| async move {
-                match tokio::fs::read_to_string(&path).await {
-                    Ok(text) => Ok(text),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-                    Err(e) => Err(runtime_error("reading the task's output", e)),
-                }
+            if !dir.exists() {
+                return Err(ExecError::NotFound(task.meta.id.clone()));
+            }
+            let reading = |e| runtime_error(&format!("reading the output in {}", dir.display()), e);
+            // The current file is opened first and followed through the
+            // same handle, so no line falls between history and follow.
+            let mut current = match tokio::fs::File::open(dir.join(OUTPUT_FILE)).await {
+                Ok(file) => Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(reading(e)),
             };
-            let rotated = read(dir.join(ROTATED_FILE)).await?;
-            let current = read(path.clone()).await?;
-            let offset = current.len() as u64;
-            let history = rotated + &current;
+            let mut history = match tokio::fs::read(dir.join(ROTATED_FILE)).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(reading(e)),
+            };
+            if let Some(file) = current.as_mut() {
+                file.read_to_end(&mut history).await.map_err(reading)?;
+            }
+            // A record being written is finished by the follower.
+            let complete = history
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let partial = history.split_off(complete);
             let wanted = move |entry: &LogEntry| {
                 options
                     .since_ns
@@ -381,12 +603,14 @@ impl Executor for ProcessExecutor {
                     }
             };
             let mut lines: Vec<LogEntry> = history
-                .lines()
+                .split(|&b| b == b'\n')
                 .filter_map(parse_record)
                 .filter(|e| wanted(e))
                 .collect();
             if let Some(tail) = options.tail {
-                let skip = lines.len().saturating_sub(tail as usize);
+                let skip = lines
+                    .len()
+                    .saturating_sub(usize::try_from(tail).unwrap_or(usize::MAX));
                 lines.drain(..skip);
             }
             let history = futures::stream::iter(lines);
@@ -394,7 +618,15 @@ impl Executor for ProcessExecutor {
             match running.filter(|_| options.follow) {
                 None => Ok(history.boxed()),
                 Some(running) => {
-                    let follow = follow_file(path, offset, running.exit.clone()).filter(move |e| {
+                    let follower = Follower {
+                        path: dir.join(OUTPUT_FILE),
+                        file: current,
+                        partial,
+                        exit: running.exit.clone(),
+                        queued: VecDeque::new(),
+                        done: false,
+                    };
+                    let follow = follower.into_stream().filter(move |e| {
                         let keep = wanted(e);
                         async move { keep }
                     });
@@ -403,6 +635,62 @@ impl Executor for ProcessExecutor {
             }
         }
         .boxed()
+    }
+}
+
+/// Runs a task's health check every interval while the task runs, as the
+/// Docker engine does: healthy after a success, unhealthy after `retries`
+/// failures in a row, failures in the start period not counting.
+async fn run_health_checks(
+    node_id: String,
+    task: Task,
+    check: HealthCheck,
+    mut exit: watch::Receiver<Option<Exit>>,
+    health: watch::Sender<Health>,
+) {
+    let started = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(check.interval) => {}
+            _ = exit.wait_for(Option::is_some).map(|_| ()) => return,
+        }
+        let command = task_command(&node_id, &task, &check.program, &check.args);
+        match run_check(command, check.timeout).await {
+            Ok(()) => {
+                failures = 0;
+                health.send_replace(Health::Healthy);
+            }
+            Err(reason) => {
+                tracing::debug!(task = %task.meta.id, %reason, "health check failed");
+                if started.elapsed() >= check.start_period {
+                    failures += 1;
+                    if failures >= check.retries {
+                        health.send_replace(Health::Unhealthy);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_check(mut command: tokio::process::Command, timeout: Duration) -> Result<(), String> {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| format!("cannot run: {e}"))?;
+    let pid = child.id().unwrap_or(0);
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(status.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            // The check leads its own group: its children go with it.
+            signal_group(pid, rustix::process::Signal::KILL);
+            let _ = child.wait().await;
+            Err(format!("timed out after {timeout:?}"))
+        }
     }
 }
 
@@ -433,6 +721,9 @@ impl Output {
 
     async fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
         if self.size + record.len() as u64 > self.rotate_at {
+            // Whatever is still in flight lands in the old file before a
+            // follower, seeing the new one, stops reading the old.
+            self.file.flush().await?;
             tokio::fs::rename(self.dir.join(OUTPUT_FILE), self.dir.join(ROTATED_FILE)).await?;
             *self = Output::open(self.dir.clone(), self.rotate_at).await?;
         }
@@ -443,106 +734,168 @@ impl Output {
 }
 
 /// Copies a pipe into the output file, one timestamped record per line.
+/// Output is bytes, not necessarily text, and is kept as it came.
 async fn copy_lines(
     pipe: impl tokio::io::AsyncRead + Unpin,
     source: char,
     output: Arc<tokio::sync::Mutex<Output>>,
 ) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let record = format!("{} {source} {line}\n", now_ns());
-        if output.lock().await.write(record.as_bytes()).await.is_err() {
-            return;
+    let mut reader = BufReader::with_capacity(MAX_LINE, pipe);
+    let mut line = Vec::with_capacity(128);
+    let mut writable = true;
+    loop {
+        let buffered = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buffered) => buffered,
+        };
+        let room = MAX_LINE - line.len();
+        let (take, ends_line) = match buffered.iter().position(|&b| b == b'\n') {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buffered.len().min(room), false),
+        };
+        line.extend_from_slice(&buffered[..take]);
+        reader.consume(take);
+        if ends_line || line.len() >= MAX_LINE {
+            if ends_line {
+                line.pop();
+            }
+            writable = write_record(&output, source, &line, writable).await;
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        writable = write_record(&output, source, &line, writable).await;
+    }
+    if writable {
+        // So that everything is on disk once the task is seen to exit.
+        let _ = output.lock().await.file.flush().await;
+    }
+}
+
+/// Writes one record, unless writing has failed before. The pipe is read
+/// on regardless: a task whose output cannot be kept must not block on it.
+async fn write_record(
+    output: &tokio::sync::Mutex<Output>,
+    source: char,
+    data: &[u8],
+    writable: bool,
+) -> bool {
+    if !writable {
+        return false;
+    }
+    let mut record = format!("{} {source} ", now_ns()).into_bytes();
+    record.extend_from_slice(data);
+    record.push(b'\n');
+    let mut output = output.lock().await;
+    match output.write(&record).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(dir = %output.dir.display(), error = %e, "cannot write task output: dropping it from now on");
+            false
         }
     }
 }
 
-fn parse_record(line: &str) -> Option<LogEntry> {
-    let (ts, rest) = line.split_once(' ')?;
-    let (source, data) = rest.split_once(' ').unwrap_or((rest, ""));
+fn parse_record(line: &[u8]) -> Option<LogEntry> {
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let timestamp_ns = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let source = match parts.next()? {
+        b"e" => LogSource::Stderr,
+        _ => LogSource::Stdout,
+    };
     Some(LogEntry {
-        timestamp_ns: ts.parse().ok()?,
-        source: if source == "e" {
-            LogSource::Stderr
-        } else {
-            LogSource::Stdout
-        },
-        data: data.as_bytes().to_vec(),
+        timestamp_ns,
+        source,
+        data: parts.next().unwrap_or_default().to_vec(),
     })
 }
 
-/// New records appended to `path` after `offset`, until the process exits
-/// and everything it wrote has been read.
-fn follow_file(
+/// Reads records appended to the output file after the history, through
+/// rotations, until the process has exited and all it wrote is read.
+struct Follower {
     path: PathBuf,
-    offset: u64,
+    /// The file being read; None until it exists.
+    file: Option<tokio::fs::File>,
+    /// The start of a record still being written.
+    partial: Vec<u8>,
     exit: watch::Receiver<Option<Exit>>,
-) -> BoxStream<'static, LogEntry> {
-    let state = (path, offset, exit, Vec::<LogEntry>::new(), false);
-    futures::stream::unfold(
-        state,
-        |(path, mut offset, exit, mut queued, mut done)| async move {
-            loop {
-                if let Some(entry) = queued.pop() {
-                    return Some((entry, (path, offset, exit, queued, done)));
-                }
-                if done {
-                    return None;
-                }
-                let exited = exit.borrow().is_some();
-                let current_len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
-                let mut fresh = String::new();
-                if current_len < offset {
-                    // Rotated since the last read: finish the old file
-                    // first, then start the new one from its beginning.
-                    let rotated = path.with_file_name(ROTATED_FILE);
-                    let rest = read_from(&rotated, offset).await;
-                    let complete = rest.rfind('\n').map_or(0, |i| i + 1);
-                    fresh.push_str(&rest[..complete]);
-                    offset = 0;
-                    let mut more: Vec<LogEntry> = fresh.lines().filter_map(parse_record).collect();
-                    more.reverse();
-                    queued = more;
-                    fresh.clear();
-                    if !queued.is_empty() {
-                        continue;
-                    }
-                }
-                let fresh = fresh + &read_from(&path, offset).await;
-                offset += fresh.len() as u64;
-                // Only whole lines; a partial one waits for the next read.
-                let complete = fresh.rfind('\n').map_or(0, |i| i + 1);
-                offset -= (fresh.len() - complete) as u64;
-                queued = fresh[..complete].lines().filter_map(parse_record).collect();
-                queued.reverse();
-                if exited {
-                    done = true;
-                } else if queued.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        },
-    )
-    .boxed()
+    queued: VecDeque<LogEntry>,
+    done: bool,
 }
 
-async fn read_from(path: &Path, offset: u64) -> String {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
-        return String::new();
-    };
-    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-        return String::new();
+impl Follower {
+    fn into_stream(self) -> BoxStream<'static, LogEntry> {
+        futures::stream::unfold(self, |mut follower| async move {
+            loop {
+                if let Some(entry) = follower.queued.pop_front() {
+                    return Some((entry, follower));
+                }
+                if follower.done {
+                    return None;
+                }
+                // Looked at before reading: output written before the exit
+                // is then certain to be read on this round.
+                let exited = follower.exit.borrow().is_some();
+                if follower.read_more().await {
+                    continue;
+                }
+                if exited {
+                    follower.done = true;
+                } else {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                }
+            }
+        })
+        .boxed()
     }
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text).await;
-    text
+
+    /// Queues what was appended since the last read; false when there was
+    /// nothing new.
+    async fn read_more(&mut self) -> bool {
+        let Some(file) = self.file.as_mut() else {
+            self.file = tokio::fs::File::open(&self.path).await.ok();
+            return self.file.is_some();
+        };
+        let mut fresh = std::mem::take(&mut self.partial);
+        let before = fresh.len();
+        if file.read_to_end(&mut fresh).await.is_err() {
+            self.partial = fresh;
+            return false;
+        }
+        if fresh.len() == before {
+            self.partial = fresh;
+            // Read to its end: if it was rotated away, the new file
+            // holds what follows.
+            if self.rotated().await {
+                self.file = None;
+                self.partial.clear();
+                return true;
+            }
+            return false;
+        }
+        let complete = fresh.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.partial = fresh.split_off(complete);
+        self.queued
+            .extend(fresh.split(|&b| b == b'\n').filter_map(parse_record));
+        true
+    }
+
+    async fn rotated(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = self.file.as_ref() else {
+            return false;
+        };
+        match (file.metadata().await, tokio::fs::metadata(&self.path).await) {
+            (Ok(ours), Ok(named)) => ours.ino() != named.ino() || ours.dev() != named.dev(),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Meta;
+    use crate::store::{HealthConfig, Meta};
 
     fn task(id: &str, argv: &[&str]) -> Task {
         let mut task = Task {
@@ -561,6 +914,53 @@ mod tests {
         }
     }
 
+    fn text(lines: &[LogEntry]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+            .collect()
+    }
+
+    /// Whether a process still runs (a zombie does not: it only waits to
+    /// be reaped by whoever inherited it).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+            })
+            .unwrap_or(false)
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..100 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    async fn first_line(exec: &ProcessExecutor, t: &Task) -> String {
+        let mut follow = exec
+            .logs(
+                t,
+                LogOptions {
+                    follow: true,
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(line.data).unwrap()
+    }
+
     #[tokio::test]
     async fn a_process_runs_exits_and_leaves_its_output() {
         let dir = tempfile::tempdir().unwrap();
@@ -574,11 +974,7 @@ mod tests {
         exec.start(&t).await.unwrap();
         assert_eq!(exec.wait(&t).await.unwrap().code, 3);
         let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
-        let text: Vec<String> = lines
-            .iter()
-            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
-            .collect();
-        assert_eq!(text.len(), 3);
+        assert_eq!(text(&lines).len(), 3);
         assert!(
             lines
                 .iter()
@@ -596,45 +992,187 @@ mod tests {
             .unwrap()
             .collect()
             .await;
-        assert_eq!(tail.len(), 1);
+        // Stdout and stderr are separate pipes: only the lines of each
+        // keep their order, so the last line is either's.
+        assert_eq!(text(&tail), text(&lines[2..]));
+        let stderr_only: Vec<LogEntry> = exec
+            .logs(
+                &t,
+                LogOptions {
+                    stderr: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert_eq!(text(&stderr_only), ["two"]);
+        let since = lines[2].timestamp_ns;
+        let recent: Vec<LogEntry> = exec
+            .logs(
+                &t,
+                LogOptions {
+                    since_ns: Some(since),
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert!(recent.iter().all(|l| l.timestamp_ns >= since));
+        assert!(!recent.is_empty());
         let listed = exec.list().await.unwrap();
         assert_eq!(listed[0].exit_code, Some(3));
+        assert!(!listed[0].running);
+        exec.remove("t1").await.unwrap();
         exec.remove("t1").await.unwrap();
         assert!(exec.list().await.unwrap().is_empty());
+        assert!(matches!(
+            exec.logs(&t, all_output()).await,
+            Err(ExecError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_process_gets_the_specs_environment_and_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let mut t = task(
+            "t1",
+            &["sh", "-c", "echo \"$GREETING $SHOAL_TASK_ID\"; pwd"],
+        );
+        t.spec.container.env = vec!["GREETING=hello".into()];
+        t.spec.container.dir = "/".into();
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        assert_eq!(exec.wait(&t).await.unwrap().code, 0);
+        let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
+        assert_eq!(text(&lines), ["hello t1", "/"]);
     }
 
     #[tokio::test]
     async fn stop_ends_the_whole_process_group_and_follow_sees_new_lines() {
         let dir = tempfile::tempdir().unwrap();
         let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
-        // The trap ignores SIGTERM, so only SIGKILL after the grace ends it.
+        // The trap ignores SIGTERM, so only SIGKILL after the grace ends
+        // it; the background sleep is in its group and must die with it.
         let t = task(
             "t2",
-            &["sh", "-c", "trap '' TERM; echo ready; sleep 30 & wait"],
+            &["sh", "-c", "trap '' TERM; sleep 30 & echo $!; wait"],
         );
         exec.prepare(&t).await.unwrap();
         exec.start(&t).await.unwrap();
-        let mut follow = exec
-            .logs(
-                &t,
-                LogOptions {
-                    follow: true,
-                    ..all_output()
-                },
-            )
-            .await
-            .unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), follow.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.data, b"ready");
+        let grandchild: u32 = first_line(&exec, &t).await.parse().unwrap();
+        assert!(alive(grandchild));
         let started = std::time::Instant::now();
         exec.stop(&t, Duration::from_millis(300)).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         let exit = exec.wait(&t).await.unwrap();
         assert_eq!(exit.code, 128 + libc::SIGKILL);
+        assert!(exit.message.is_some_and(|m| m.contains("signal 9")));
+        eventually("the grandchild is gone", || !alive(grandchild)).await;
+        exec.stop(&t, Duration::from_millis(300)).await.unwrap();
         exec.remove("t2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sigterm_within_the_grace_gives_143() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Arc::new(ProcessExecutor::new("n1", dir.path().to_path_buf()));
+        let t = task("t1", &["sleep", "30"]);
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        let waiter = {
+            let (exec, t) = (exec.clone(), t.clone());
+            tokio::spawn(async move { exec.wait(&t).await })
+        };
+        exec.stop(&t, Duration::from_secs(10)).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.code, 128 + libc::SIGTERM);
+    }
+
+    #[tokio::test]
+    async fn what_a_process_leaves_behind_dies_when_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        // The sleep inherits the output pipes: without the group kill the
+        // exit would not be seen until it ended.
+        let t = task("t1", &["sh", "-c", "sleep 30 & echo $!; exit 4"]);
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), exec.wait(&t))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.code, 4);
+        let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
+        let straggler: u32 = text(&lines)[0].parse().unwrap();
+        eventually("the straggler is gone", || !alive(straggler)).await;
+    }
+
+    #[tokio::test]
+    async fn binary_output_and_endless_lines_are_kept_without_blocking_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        // 40000 bytes with no newline, then a byte that is not UTF-8.
+        let t = task(
+            "t1",
+            &[
+                "sh",
+                "-c",
+                "head -c 40000 /dev/zero | tr '\\0' x; echo; printf 'a\\377b\\n'; printf 'last'",
+            ],
+        );
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), exec.wait(&t))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.code, 0);
+        let lines: Vec<LogEntry> = exec.logs(&t, all_output()).await.unwrap().collect().await;
+        let sizes: Vec<usize> = lines.iter().map(|l| l.data.len()).collect();
+        assert_eq!(sizes[..3], [MAX_LINE, MAX_LINE, 40000 - 2 * MAX_LINE]);
+        assert_eq!(lines[3].data, b"a\xffb");
+        assert_eq!(lines[4].data, b"last");
+    }
+
+    #[tokio::test]
+    async fn follow_streams_lines_as_they_come_and_ends_with_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let t = task(
+            "t1",
+            &[
+                "sh",
+                "-c",
+                "echo old; sleep 0.3; echo new1; sleep 0.3; echo new2",
+            ],
+        );
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let follow = exec
+            .logs(
+                &t,
+                LogOptions {
+                    follow: true,
+                    tail: Some(1),
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap();
+        let lines: Vec<LogEntry> = tokio::time::timeout(Duration::from_secs(5), follow.collect())
+            .await
+            .unwrap();
+        assert_eq!(text(&lines), ["old", "new1", "new2"]);
     }
 
     #[tokio::test]
@@ -664,18 +1202,144 @@ mod tests {
             lines.last().map(|l| l.data.clone()),
             Some(b"line 400".to_vec())
         );
-        let numbers: Vec<u32> = lines
+        let numbers: Vec<u32> = text(&lines)
             .iter()
-            .filter_map(|l| {
-                String::from_utf8_lossy(&l.data)
-                    .strip_prefix("line ")
-                    .and_then(|n| n.parse().ok())
-            })
+            .filter_map(|l| l.strip_prefix("line ").and_then(|n| n.parse().ok()))
             .collect();
         assert!(
             numbers.windows(2).all(|w| w[1] == w[0] + 1),
             "out of order: {numbers:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn follow_carries_on_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        // One rotation: a follower keeps up unless the output rotates twice
+        // between two polls.
+        exec.rotate_at = 8192;
+        let t = task(
+            "t1",
+            &[
+                "sh",
+                "-c",
+                "echo ready; sleep 0.3; i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done",
+            ],
+        );
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        let follow = exec
+            .logs(
+                &t,
+                LogOptions {
+                    follow: true,
+                    ..all_output()
+                },
+            )
+            .await
+            .unwrap();
+        let lines: Vec<LogEntry> = tokio::time::timeout(Duration::from_secs(10), follow.collect())
+            .await
+            .unwrap();
+        let lines = text(&lines);
+        assert_eq!(lines.len(), 301, "{lines:?}");
+        assert_eq!(lines[300], "line 300");
+    }
+
+    fn with_check(mut t: Task, test: &[&str], retries: u32) -> Task {
+        t.spec.container.healthcheck = Some(HealthConfig {
+            test: test.iter().map(|s| s.to_string()).collect(),
+            interval_ms: 100,
+            timeout_ms: 1000,
+            retries,
+            start_period_ms: 0,
+        });
+        t
+    }
+
+    #[tokio::test]
+    async fn the_health_check_runs_every_interval_and_counts_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let flag = dir.path().join("healthy");
+        let fails = dir.path().join("fails");
+        std::fs::write(&flag, "").unwrap();
+        // Each failure since the last success leaves a line in `fails`.
+        let check = format!(
+            "if test -f {flag}; then rm -f {fails}; else echo x >> {fails}; false; fi",
+            flag = flag.display(),
+            fails = fails.display()
+        );
+        let t = with_check(task("t1", &["sleep", "30"]), &["CMD-SHELL", &check], 3);
+        exec.prepare(&t).await.unwrap();
+        exec.start(&t).await.unwrap();
+        assert_eq!(exec.health(&t).await.unwrap(), Health::Starting);
+        let mut health = Health::None;
+        for _ in 0..100 {
+            health = exec.health(&t).await.unwrap();
+            if health == Health::Healthy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(health, Health::Healthy);
+        std::fs::remove_file(&flag).unwrap();
+        for _ in 0..100 {
+            health = exec.health(&t).await.unwrap();
+            if health == Health::Unhealthy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(health, Health::Unhealthy);
+        let failures = std::fs::read_to_string(&fails).unwrap().lines().count();
+        assert!(failures >= 3, "unhealthy after {failures} failures");
+        exec.remove("t1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn health_is_none_without_a_check_and_bad_checks_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let plain = task("t1", &["sleep", "30"]);
+        exec.prepare(&plain).await.unwrap();
+        exec.start(&plain).await.unwrap();
+        assert_eq!(exec.health(&plain).await.unwrap(), Health::None);
+        let mut disabled = with_check(task("t2", &["sleep", "30"]), &["CMD", "false"], 1);
+        disabled.spec.container.no_healthcheck = true;
+        exec.prepare(&disabled).await.unwrap();
+        exec.start(&disabled).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(exec.health(&disabled).await.unwrap(), Health::None);
+        let bad = with_check(task("t3", &["sleep", "30"]), &["curl", "x"], 1);
+        let err = exec.prepare(&bad).await.unwrap_err();
+        assert!(matches!(err, ExecError::Rejected(_)), "{err}");
+        assert!(err.to_string().contains("CMD-SHELL"), "{err}");
+        assert!(matches!(
+            exec.health(&task("t9", &["x"])).await,
+            Err(ExecError::NotFound(_))
+        ));
+        exec.remove("t1").await.unwrap();
+        exec.remove("t2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_process_left_by_an_earlier_agent_is_killed_not_run_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let t = task("t1", &["sh", "-c", "echo $$; exec sleep 30"]);
+        earlier.prepare(&t).await.unwrap();
+        earlier.start(&t).await.unwrap();
+        let pid: u32 = first_line(&earlier, &t).await.parse().unwrap();
+        // The agent restarts: the new executor knows nothing of the child.
+        let later = ProcessExecutor::new("n1", dir.path().to_path_buf());
+        let listed = later.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(!listed[0].running);
+        eventually("the orphan is gone", || !alive(pid)).await;
+        later.remove("t1").await.unwrap();
+        assert!(!dir.path().join("tasks").join("t1").exists());
     }
 
     #[tokio::test]
@@ -690,5 +1354,14 @@ mod tests {
             err.to_string().contains("give the service a command"),
             "{err}"
         );
+        let missing = task("t4", &["/no/such/program"]);
+        exec.prepare(&missing).await.unwrap();
+        let err = exec.start(&missing).await.unwrap_err();
+        assert!(matches!(err, ExecError::Rejected(_)), "{err}");
+        assert!(err.to_string().contains("/no/such/program"), "{err}");
+        assert!(matches!(
+            exec.wait(&missing).await,
+            Err(ExecError::NotFound(_))
+        ));
     }
 }

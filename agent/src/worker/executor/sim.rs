@@ -1,10 +1,13 @@
 //! The simulated runtime: no workload at all, only state transitions, so
 //! that one process can host thousands of nodes in scale benchmarks.
 //! Prepare and start take the configured delay; a started task runs until
-//! it is stopped.
+//! it is stopped, and its health check, if it has one, always passes.
+//! A task costs a map entry and a watch channel, so one process holds
+//! thousands.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -20,7 +23,7 @@ use crate::store::{Health, Task};
 const STOPPED_EXIT_CODE: i32 = 143;
 
 struct SimTask {
-    started: bool,
+    started: AtomicBool,
     /// Set once the workload has "exited".
     exit: watch::Sender<Option<Exit>>,
 }
@@ -75,7 +78,7 @@ impl Executor for SimExecutor {
             let id = task.meta.id.clone();
             self.tasks.lock().entry(id.clone()).or_insert_with(|| {
                 Arc::new(SimTask {
-                    started: false,
+                    started: AtomicBool::new(false),
                     exit: watch::channel(None).0,
                 })
             });
@@ -87,17 +90,9 @@ impl Executor for SimExecutor {
     fn start<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ExecError>> {
         async move {
             self.pause().await;
-            let mut tasks = self.tasks.lock();
-            let current = tasks
-                .get(&task.meta.id)
-                .ok_or_else(|| ExecError::NotFound(task.meta.id.clone()))?;
-            if !current.started {
-                let started = Arc::new(SimTask {
-                    started: true,
-                    exit: current.exit.clone(),
-                });
-                tasks.insert(task.meta.id.clone(), started);
-            }
+            self.get(&task.meta.id)?
+                .started
+                .store(true, Ordering::Relaxed);
             Ok(())
         }
         .boxed()
@@ -121,7 +116,19 @@ impl Executor for SimExecutor {
     fn health<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<Health, ExecError>> {
         async move {
             self.get(&task.meta.id)?;
-            Ok(Health::None)
+            // As a container whose check passes; without a check there is
+            // no health to report, as with a real runtime.
+            let container = &task.spec.container;
+            let checked = !container.no_healthcheck
+                && container
+                    .healthcheck
+                    .as_ref()
+                    .is_some_and(|h| h.test.first().is_some_and(|t| t != "NONE"));
+            Ok(if checked {
+                Health::Healthy
+            } else {
+                Health::None
+            })
         }
         .boxed()
     }
@@ -177,7 +184,7 @@ impl Executor for SimExecutor {
                     Existing {
                         task_id: id.clone(),
                         container_id: format!("sim-{id}"),
-                        running: sim.started && exit.is_none(),
+                        running: sim.started.load(Ordering::Relaxed) && exit.is_none(),
                         exit_code: exit.map(|e| e.code),
                     }
                 })
@@ -202,7 +209,7 @@ impl Executor for SimExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Meta;
+    use crate::store::{HealthConfig, Meta};
 
     fn task(id: &str) -> Task {
         Task {
@@ -213,18 +220,114 @@ mod tests {
 
     #[tokio::test]
     async fn a_sim_task_runs_until_stopped() {
-        let sim = SimExecutor::new(Duration::ZERO);
+        let sim = Arc::new(SimExecutor::new(Duration::ZERO));
         let t = task("t1");
+        assert!(matches!(sim.start(&t).await, Err(ExecError::NotFound(_))));
         sim.prepare(&t).await.unwrap();
-        sim.prepare(&t).await.unwrap();
+        assert_eq!(
+            sim.prepare(&t).await.unwrap(),
+            "sim-t1",
+            "prepare is idempotent"
+        );
+        assert!(!sim.list().await.unwrap()[0].running);
+        sim.start(&t).await.unwrap();
         sim.start(&t).await.unwrap();
         let listed = sim.list().await.unwrap();
         assert!(listed[0].running);
-        let waiter = sim.wait(&t);
+        assert_eq!(listed[0].exit_code, None);
+        let waiter = {
+            let (sim, t) = (sim.clone(), t.clone());
+            tokio::spawn(async move { sim.wait(&t).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "a running task does not exit");
         sim.stop(&t, Duration::ZERO).await.unwrap();
-        assert_eq!(waiter.await.unwrap().code, STOPPED_EXIT_CODE);
+        assert_eq!(waiter.await.unwrap().unwrap().code, STOPPED_EXIT_CODE);
+        // Already exited: at once, and a second stop changes nothing.
+        sim.stop(&t, Duration::ZERO).await.unwrap();
+        assert_eq!(sim.wait(&t).await.unwrap().code, STOPPED_EXIT_CODE);
+        assert_eq!(
+            sim.list().await.unwrap()[0].exit_code,
+            Some(STOPPED_EXIT_CODE)
+        );
+        sim.remove("t1").await.unwrap();
         sim.remove("t1").await.unwrap();
         assert!(sim.list().await.unwrap().is_empty());
         assert!(matches!(sim.start(&t).await, Err(ExecError::NotFound(_))));
+        assert!(matches!(sim.wait(&t).await, Err(ExecError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn removing_a_running_task_ends_its_wait() {
+        let sim = Arc::new(SimExecutor::new(Duration::ZERO));
+        let t = task("t1");
+        sim.prepare(&t).await.unwrap();
+        sim.start(&t).await.unwrap();
+        let waiter = {
+            let (sim, t) = (sim.clone(), t.clone());
+            tokio::spawn(async move { sim.wait(&t).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sim.remove("t1").await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.message.as_deref(), Some("removed"));
+    }
+
+    #[tokio::test]
+    async fn health_is_healthy_only_with_a_check_and_logs_are_empty() {
+        let sim = SimExecutor::new(Duration::ZERO);
+        let plain = task("t1");
+        let mut checked = task("t2");
+        checked.spec.container.healthcheck = Some(HealthConfig {
+            test: vec!["CMD".into(), "true".into()],
+            ..Default::default()
+        });
+        for t in [&plain, &checked] {
+            sim.prepare(t).await.unwrap();
+            sim.start(t).await.unwrap();
+        }
+        assert_eq!(sim.health(&plain).await.unwrap(), Health::None);
+        assert_eq!(sim.health(&checked).await.unwrap(), Health::Healthy);
+        let options = LogOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let lines: Vec<LogEntry> = sim.logs(&plain, options).await.unwrap().collect().await;
+        assert!(lines.is_empty());
+    }
+
+    #[tokio::test]
+    async fn prepare_and_start_take_the_delay() {
+        let sim = SimExecutor::new(Duration::from_millis(100));
+        let t = task("t1");
+        let before = std::time::Instant::now();
+        sim.prepare(&t).await.unwrap();
+        sim.start(&t).await.unwrap();
+        assert!(before.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_tasks_are_cheap() {
+        let sim = SimExecutor::new(Duration::ZERO);
+        let before = std::time::Instant::now();
+        for i in 0..10_000 {
+            let t = task(&format!("t{i}"));
+            sim.prepare(&t).await.unwrap();
+            sim.start(&t).await.unwrap();
+        }
+        let listed = sim.list().await.unwrap();
+        assert_eq!(listed.len(), 10_000);
+        assert!(listed.iter().all(|e| e.running));
+        assert!(
+            before.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            before.elapsed()
+        );
     }
 }
