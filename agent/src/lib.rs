@@ -6,11 +6,15 @@
 //! - [`store`]: the cluster's objects, in memory, changed only by raft.
 //! - [`raft`]: the replicated, durable log (openraft + fjall).
 //! - [`secret`], [`ids`]: small shared vocabulary.
+//! - [`daemon`]: config file, logging and systemd for the `shoald` binary.
+//! - [`metrics`]: Prometheus counters and the `--metrics-addr` endpoint.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod daemon;
 pub mod ids;
 pub mod manager;
+pub mod metrics;
 pub mod node;
 pub mod pki;
 pub mod raft;

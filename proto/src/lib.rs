@@ -18,6 +18,15 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+/// `shoal --version` and `shoald --version`: the release and the commit
+/// built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SHOAL_GIT_COMMIT"),
+    ")"
+);
+
 /// The DNS name every manager certificate carries; clients verify managers
 /// against it because nodes are reached by IP and may move.
 pub const MANAGER_SERVER_NAME: &str = "shoal-manager";

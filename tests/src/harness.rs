@@ -97,6 +97,8 @@ pub struct Agent {
     pub executor: Executor,
     child: Option<Child>,
     pub node_id: String,
+    /// More `shoald` flags, e.g. `--metrics-addr`.
+    pub extra_args: Vec<String>,
 }
 
 impl Agent {
@@ -111,6 +113,7 @@ impl Agent {
             executor,
             child: None,
             node_id: String::new(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -142,6 +145,9 @@ impl Agent {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--hostname", &self.name, "--executor", self.executor.flag()])
+            // The host's own /etc/shoal/shoald.toml must not leak in.
+            .args(["--config", "/dev/null"])
+            .args(&self.extra_args)
             .env(
                 "SHOALD_LOG",
                 std::env::var("SHOALD_LOG").unwrap_or_else(|_| {
@@ -495,6 +501,10 @@ impl Drop for Cluster {
             agent.kill9();
         }
         self.remove_containers();
+        // Killed agents leave process-executor tasks running.
+        for agent in &self.agents {
+            shoal_agent::worker::executor::process::kill_left_processes(&agent.data_dir);
+        }
         if std::env::var_os("SHOAL_KEEP_TEST_DIRS").is_some() {
             let path = self.dir.path().to_path_buf();
             eprintln!("keeping {}", path.display());

@@ -293,7 +293,7 @@ fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -
 }
 
 #[test]
-fn a_restarted_agent_adopts_its_running_containers() -> Result<()> {
+fn an_agent_stopped_by_sigterm_leaves_its_containers_running_and_adopts_them() -> Result<()> {
     build_test_images()?;
     let mut cluster = Cluster::start(1, 1, Executor::Docker)?;
     cluster.agent("m1").shoal_ok(&[
@@ -307,7 +307,10 @@ fn a_restarted_agent_adopts_its_running_containers() -> Result<()> {
     ])?;
     let before = containers(&cluster, false)?;
     let ids_before = tasks(cluster.agent("m1"), "web")?;
-    cluster.agent_mut("w1").stop()?;
+    // SIGTERM: the agent exits cleanly and its workloads keep running.
+    let status = cluster.agent_mut("w1").stop()?;
+    assert!(status.success(), "shoald exited with {status} on SIGTERM");
+    assert_eq!(containers(&cluster, false)?, before);
     cluster.agent_mut("w1").start()?;
     cluster.wait_ready(2)?;
     std::thread::sleep(Duration::from_secs(2));

@@ -247,6 +247,15 @@ impl Dispatcher {
         }
     }
 
+    /// Open sessions that have not been closed.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .values()
+            .filter(|s| !s.closed.is_cancelled())
+            .count()
+    }
+
     fn session_of(&self, node_id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().get(node_id).cloned()
     }
@@ -588,7 +597,12 @@ async fn watch_heartbeats(dispatcher: Arc<Dispatcher>) {
             }));
         }
         match dispatcher.ctx.proposer.propose(tx).await {
-            Ok(_) => tracing::warn!(nodes = late.len(), "nodes marked down: heartbeats stopped"),
+            Ok(_) => {
+                crate::metrics::METRICS
+                    .missed_heartbeats
+                    .fetch_add(late.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(nodes = late.len(), "nodes marked down: heartbeats stopped");
+            }
             Err(e) => tracing::warn!(error = %e, "marking nodes down failed"),
         }
     }

@@ -613,6 +613,9 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
                 time: crate::ids::now_ms(),
             };
             tracing::info!(?event, "leader changed");
+            crate::metrics::METRICS
+                .leader_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = runtime.events.send(event);
             current_leader = snapshot.current_leader;
         }

@@ -588,6 +588,15 @@ impl super::orchestrator::Reconciler for Scheduler {
                 })
                 .cloned()
                 .collect();
+            let now = now_ms();
+            for (task_id, _) in &plan.assignments {
+                if let Some(task) = tables.tasks.get(task_id) {
+                    let waited = u64::try_from(now - task.meta.created_at).unwrap_or(0);
+                    crate::metrics::METRICS
+                        .placement
+                        .observe(Duration::from_millis(waited));
+                }
+            }
             (plan, errors)
         };
         self.nodes_changed = false;

@@ -32,11 +32,10 @@ fn control(agent: &Arc<Agent>) -> ControlServer<ControlService> {
 }
 
 /// Serves the local control socket until `shutdown`.
-pub async fn serve_unix(
-    agent: Arc<Agent>,
-    path: &Path,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+/// Listens on the control socket, replacing a stale one a crash left.
+/// Separate from [`serve_unix`] so the service manager hears "ready" only
+/// once `shoal` can connect.
+pub async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -58,6 +57,17 @@ pub async fn serve_unix(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("restricting {}: {e}", path.display()))?;
     tracing::info!(socket = %path.display(), "control socket ready");
+    Ok(listener)
+}
+
+/// Serves the control API on `listener` until `shutdown`, then removes the
+/// socket file.
+pub async fn serve_unix(
+    agent: Arc<Agent>,
+    listener: tokio::net::UnixListener,
+    path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let result = tonic::transport::Server::builder()
         .add_service(control(&agent))
         .serve_with_incoming_shutdown(

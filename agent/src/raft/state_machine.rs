@@ -105,7 +105,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let log_id = entry.log_id;
             let result = match entry.payload {
-                EntryPayload::Normal(tx) => self.store.apply(log_id, &tx),
+                EntryPayload::Normal(tx) => {
+                    let started = std::time::Instant::now();
+                    let result = self.store.apply(log_id, &tx);
+                    crate::metrics::METRICS
+                        .raft_apply
+                        .observe(started.elapsed());
+                    result
+                }
                 EntryPayload::Blank => {
                     self.store.apply_raft(log_id, None);
                     Ok(log_id.index)

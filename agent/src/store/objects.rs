@@ -186,6 +186,13 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    pub const ALL: [NodeState; 4] = [
+        NodeState::Unknown,
+        NodeState::Down,
+        NodeState::Ready,
+        NodeState::Disconnected,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             NodeState::Unknown => "unknown",
@@ -571,6 +578,22 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    pub const ALL: [TaskState; 13] = [
+        TaskState::New,
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Accepted,
+        TaskState::Preparing,
+        TaskState::Starting,
+        TaskState::Running,
+        TaskState::Complete,
+        TaskState::Shutdown,
+        TaskState::Failed,
+        TaskState::Rejected,
+        TaskState::Remove,
+        TaskState::Orphaned,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             TaskState::New => "new",

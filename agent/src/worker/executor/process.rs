@@ -237,15 +237,31 @@ fn group_leader_start_time(pid: u32) -> Option<u64> {
     fields.get(22 - 3)?.parse().ok()
 }
 
+/// Kills every task process an agent with this data directory left
+/// running, e.g. after it was killed. For tooling that removes a node for
+/// good (test clusters, the demo); a running agent kills its own orphans
+/// as it meets them.
+pub fn kill_left_processes(data_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("tasks")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| kill_orphan(&entry.path()))
+        .count()
+}
+
 /// Kills what a task's process left running when an earlier life of the
 /// agent ended without stopping it. It cannot be adopted (it is no child
 /// of this agent, so it cannot be waited for) and must not run alongside
 /// a replacement.
-fn kill_orphan(task_dir: &Path) {
+/// Returns whether it killed one.
+fn kill_orphan(task_dir: &Path) -> bool {
     let pid_file = task_dir.join(PID_FILE);
     let Ok(text) = std::fs::read_to_string(&pid_file) else {
-        return;
+        return false;
     };
+    let mut killed = false;
     let mut fields = text.split_whitespace().map(str::parse::<u64>);
     if let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next())
         && let Ok(pid) = u32::try_from(pid)
@@ -255,8 +271,10 @@ fn kill_orphan(task_dir: &Path) {
     {
         tracing::warn!(pid, dir = %task_dir.display(), "killing a task's process left running by an earlier agent");
         signal_group(pid, rustix::process::Signal::KILL);
+        killed = true;
     }
     let _ = std::fs::remove_file(pid_file);
+    killed
 }
 
 fn runtime_error(what: &str, e: impl std::fmt::Display) -> ExecError {
@@ -508,7 +526,9 @@ impl Executor for ProcessExecutor {
                         let _ = exit.wait_for(Option::is_some).map(|_| ()).await;
                     }
                 }
-                None => kill_orphan(&dir),
+                None => {
+                    kill_orphan(&dir);
+                }
             }
             match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
