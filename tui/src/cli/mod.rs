@@ -1,11 +1,12 @@
 //! The command line: argument parsing, the connection to a node, and
 //! error reporting. Each command group lives in its own module.
 
+mod demo;
 mod events;
 pub mod info;
-mod node;
+pub(crate) mod node;
 pub mod output;
-mod service;
+pub(crate) mod service;
 mod swarm;
 
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ pub const DEFAULT_SOCKET: &str = "/var/run/shoal/shoald.sock";
 #[derive(Parser)]
 #[command(
     name = "shoal",
-    version,
+    version = shoal_proto::VERSION,
     about = "Shoal: a container orchestrator and its console"
 )]
 pub struct Cli {
@@ -38,6 +39,11 @@ pub struct Cli {
     /// ca.pem) used with --host.
     #[arg(long, global = true, env = "SHOAL_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// The console's colour theme: default, light, high-contrast,
+    /// solarized, mono, or a theme file (also SHOAL_THEME, or `theme` in
+    /// ~/.config/shoal/console.toml).
+    #[arg(long, global = true, value_name = "NAME|FILE")]
+    theme: Option<String>,
     /// With no command, the interactive console opens.
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,9 +64,19 @@ enum Command {
     Service(service::ServiceCommand),
     /// Follow cluster events: nodes, tasks, updates, leadership.
     Events(events::EventsArgs),
+    /// Run a local demo cluster (3 managers, 2 workers, sample services)
+    /// in the console; `demo down` removes one kept with --keep.
+    Demo(demo::DemoArgs),
+    /// Print a shell completion script: `shoal completion bash >
+    /// /etc/bash_completion.d/shoal`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where the CLI connects.
+#[derive(Clone)]
 pub struct Target {
     pub socket: PathBuf,
     pub host: Option<String>,
@@ -75,18 +91,24 @@ impl Target {
         }
     }
 
+    /// The operator credentials `--host` uses.
+    pub fn operator_credentials(&self) -> anyhow::Result<OperatorCredentials> {
+        let dir = self.tls_dir.clone().unwrap_or_else(default_tls_dir);
+        OperatorCredentials::load(&dir).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; get credentials on a manager with 'shoal swarm ca operator-cert \
+                 --out {}' and copy them here",
+                dir.display()
+            )
+        })
+    }
+
     pub async fn connect(&self) -> anyhow::Result<ControlClient<Channel>> {
         let channel = match &self.host {
             Some(host) => {
-                let dir = self.tls_dir.clone().unwrap_or_else(default_tls_dir);
-                let creds = OperatorCredentials::load(&dir).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{e}; get credentials on a manager with 'shoal swarm ca operator-cert \
-                         --out {}' and copy them here",
-                        dir.display()
-                    )
-                })?;
-                transport::connect_tls(host, creds.tls, shoal_proto::MANAGER_SERVER_NAME)
+                let creds = self.operator_credentials()?;
+                creds
+                    .connect_manager(host)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}; is a manager listening at {host}?"))?
             }
@@ -127,6 +149,19 @@ pub fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// Generated into memory first: clap_complete panics on a write error,
+/// and a closed pipe (`| head`) is not a reason to.
+fn print_completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -144,14 +179,17 @@ pub fn main() -> ExitCode {
         host: cli.host,
         tls_dir: cli.tls_dir,
     };
+    let console = crate::console::Options { theme: cli.theme };
     let result = runtime.block_on(async {
         match cli.command {
-            None => crate::console::run(&target).await,
+            None => crate::console::run(&target, &console).await,
             Some(Command::Info(args)) => info::run(&target, args).await,
             Some(Command::Swarm(command)) => swarm::run(&target, command).await,
             Some(Command::Node(command)) => node::run(&target, command).await,
             Some(Command::Service(command)) => service::run(&target, command).await,
             Some(Command::Events(args)) => events::run(&target, args).await,
+            Some(Command::Demo(args)) => demo::run(args, &console).await,
+            Some(Command::Completion { shell }) => print_completion(shell),
         }
     });
     match result {

@@ -336,7 +336,8 @@ fn node_summary(node: &pb::Node) -> Value {
 }
 
 /// The shape of `node inspect`.
-fn node_detail(node: &pb::Node) -> Value {
+/// The shape of `node inspect` (the console's inspect pane too).
+pub(crate) fn node_detail(node: &pb::Node) -> Value {
     let meta = node.meta.clone().unwrap_or_default();
     let spec = spec_of(node);
     let description = node.description.clone().unwrap_or_default();

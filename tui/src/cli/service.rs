@@ -194,6 +194,30 @@ pub struct CreateArgs {
     command: Vec<String>,
 }
 
+impl CreateArgs {
+    /// The spec `service create` sends for these flags.
+    pub fn to_spec(&self) -> anyhow::Result<pb::ServiceSpec> {
+        let mut spec = pb::ServiceSpec {
+            name: self.name.clone().unwrap_or_default(),
+            mode: if self.mode == "global" {
+                pb::ServiceMode::Global as i32
+            } else {
+                pb::ServiceMode::Replicated as i32
+            },
+            replicas: 1,
+            ..Default::default()
+        };
+        {
+            let task = spec.task.get_or_insert_with(Default::default);
+            let container = task.container.get_or_insert_with(Default::default);
+            container.image = self.image.clone();
+            container.args = self.command.clone();
+        }
+        self.spec.apply(&mut spec)?;
+        Ok(spec)
+    }
+}
+
 #[derive(Args)]
 pub struct UpdateArgs {
     #[arg(long)]
@@ -568,23 +592,7 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
     let rpc = |s| rpc_error(target, s);
     match command {
         ServiceCommand::Create(args) => {
-            let mut spec = pb::ServiceSpec {
-                name: args.name.clone().unwrap_or_default(),
-                mode: if args.mode == "global" {
-                    pb::ServiceMode::Global as i32
-                } else {
-                    pb::ServiceMode::Replicated as i32
-                },
-                replicas: 1,
-                ..Default::default()
-            };
-            {
-                let task = spec.task.get_or_insert_with(Default::default);
-                let container = task.container.get_or_insert_with(Default::default);
-                container.image = args.image.clone();
-                container.args = args.command.clone();
-            }
-            args.spec.apply(&mut spec)?;
+            let spec = args.to_spec()?;
             let service = client
                 .create_service(pb::CreateServiceRequest { spec: Some(spec) })
                 .await
@@ -896,7 +904,8 @@ fn service_summary(service: &pb::Service) -> Value {
     })
 }
 
-fn service_detail(service: &pb::Service) -> Value {
+/// The shape of `service inspect` (the console's inspect pane too).
+pub(crate) fn service_detail(service: &pb::Service) -> Value {
     let meta = service.meta.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
     let task = spec.task.clone().unwrap_or_default();
@@ -1064,6 +1073,28 @@ fn task_id(task: &pb::Task) -> &str {
     task.meta.as_ref().map(|m| m.id.as_str()).unwrap_or("")
 }
 
+/// One row of `service ps --format json` (the console's task inspect too).
+pub(crate) fn task_row(t: &pb::Task) -> Value {
+    let status = t.status.clone().unwrap_or_default();
+    json!({
+        "id": task_id(t),
+        "service": t.service_name,
+        "service_id": t.service_id,
+        "slot": t.slot,
+        "name": task_name(t),
+        "node": t.node_hostname,
+        "node_id": t.node_id,
+        "image": t.spec.as_ref().and_then(|s| s.container.as_ref()).map(|c| c.image.clone()),
+        "desired_state": task_state_name(t.desired_state),
+        "current_state": task_state_name(status.state),
+        "since_ms": status.timestamp_ms,
+        "message": status.message,
+        "error": status.err,
+        "exit_code": status.has_exit_code.then_some(status.exit_code),
+        "health": health_name(status.health),
+    })
+}
+
 /// Tasks as `docker service ps` lists them: per slot, the newest first and
 /// its history below it marked with `\_`.
 pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> anyhow::Result<()> {
@@ -1074,29 +1105,7 @@ pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> 
             .then(created(b).cmp(&created(a)))
     });
     if format == Format::Json {
-        let rows: Vec<Value> = tasks
-            .iter()
-            .map(|t| {
-                let status = t.status.clone().unwrap_or_default();
-                json!({
-                    "id": task_id(t),
-                    "service": t.service_name,
-                    "service_id": t.service_id,
-                    "slot": t.slot,
-                    "name": task_name(t),
-                    "node": t.node_hostname,
-                    "node_id": t.node_id,
-                    "image": t.spec.as_ref().and_then(|s| s.container.as_ref()).map(|c| c.image.clone()),
-                    "desired_state": task_state_name(t.desired_state),
-                    "current_state": task_state_name(status.state),
-                    "since_ms": status.timestamp_ms,
-                    "message": status.message,
-                    "error": status.err,
-                    "exit_code": status.has_exit_code.then_some(status.exit_code),
-                    "health": health_name(status.health),
-                })
-            })
-            .collect();
+        let rows: Vec<Value> = tasks.iter().map(task_row).collect();
         return print_json(&Value::Array(rows));
     }
     let mut table = Table::new(&[
