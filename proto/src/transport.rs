@@ -200,4 +200,20 @@ impl OperatorCredentials {
             })?;
         Ok(Self { tls: Arc::new(tls) })
     }
+
+    /// Credentials held in memory only, e.g. issued over a node's local
+    /// socket for the console to fail over to other managers.
+    pub fn from_pem(root_ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        let tls = client_tls_config(
+            root_ca_pem.as_bytes(),
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+        )?;
+        Ok(Self { tls: Arc::new(tls) })
+    }
+
+    /// Connects to a manager's TCP address with these credentials.
+    pub async fn connect_manager(&self, addr: &str) -> Result<Channel, TransportError> {
+        connect_tls(addr, self.tls.clone(), crate::MANAGER_SERVER_NAME).await
+    }
 }

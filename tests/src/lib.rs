@@ -5,8 +5,11 @@
 //! also when the test fails: processes are killed by pid, task containers
 //! labelled with the cluster's node ids are removed.
 //!
+//! [`terminal`] drives the console in a real (tmux) terminal.
+//!
 //! The benchmarks in `src/bin/` use the same harness.
 
 pub mod harness;
+pub mod terminal;
 
 pub use harness::*;

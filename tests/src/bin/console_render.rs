@@ -4,7 +4,9 @@
 //!
 //!     cargo run --release -p shoal-tests --bin console-render -- --tasks 100000
 //!
-//! Last line: `p50_ms=… p99_ms=… model_mb=…`.
+//! Last line: `p50_ms=… p99_ms=… model_mb=…`. `--row N` selects row N
+//! (the default is the first), to time paging deep into the list;
+//! `--filter TEXT` times a filtered view.
 
 use std::time::Instant;
 
@@ -24,6 +26,12 @@ struct Args {
     tasks: usize,
     #[arg(long, default_value_t = 200)]
     frames: usize,
+    /// The selected row: the last rows are the slowest to page to.
+    #[arg(long, default_value_t = 0)]
+    row: usize,
+    /// Filter the tasks as `/` does: every task is read to match it.
+    #[arg(long, default_value = "")]
+    filter: String,
 }
 
 fn rss_bytes() -> u64 {
@@ -87,34 +95,38 @@ fn main() -> Result<()> {
     );
     for t in 0..args.tasks {
         let id = format!("task{t:021}");
-        model.tasks.insert(
-            id.clone(),
-            pb::Task {
-                meta: Some(pb::Meta {
-                    id,
-                    created_at_ms: now - t as i64,
-                    ..Default::default()
-                }),
-                service_id: "big".into(),
-                service_name: "big".into(),
-                slot: t as u64 + 1,
-                node_id: format!("node{:021}", t % 1000),
-                spec: Some(spec.clone()),
-                desired_state: pb::TaskState::Running as i32,
-                status: Some(pb::TaskStatus {
-                    state: pb::TaskState::Running as i32,
-                    timestamp_ms: now - 60_000,
-                    ..Default::default()
-                }),
+        model.put_task(pb::Task {
+            meta: Some(pb::Meta {
+                id,
+                created_at_ms: now - t as i64,
                 ..Default::default()
-            },
-        );
+            }),
+            service_id: "big".into(),
+            service_name: "big".into(),
+            slot: t as u64 + 1,
+            node_id: format!("node{:021}", t % 1000),
+            spec: Some(spec.clone()),
+            desired_state: pb::TaskState::Running as i32,
+            status: Some(pb::TaskStatus {
+                state: pb::TaskState::Running as i32,
+                timestamp_ms: now - 60_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
     let model_mb = rss_bytes().saturating_sub(before) as f64 / (1024.0 * 1024.0);
 
-    let mut app = App::default();
-    app.focus_service = Some("big".into());
-    app.view = View::Tasks;
+    let mut app = App {
+        focus_service: Some("big".into()),
+        view: View::Tasks,
+        filter: args.filter.clone(),
+        ..Default::default()
+    };
+    app.selected[View::ALL
+        .iter()
+        .position(|v| *v == View::Tasks)
+        .unwrap_or(0)] = args.row;
     let theme = Theme::mono();
     let mut terminal = Terminal::new(TestBackend::new(160, 48))?;
     let mut times = Vec::with_capacity(args.frames);

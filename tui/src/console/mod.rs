@@ -11,14 +11,24 @@
 //!   ([`app::Action`]).
 //! - [`view`] draws the screens.
 //! - [`theme`] reads colour themes.
+//! - [`inspect`] lays out a node, service or task for the inspect pane.
+//! - `ordered` is the sorted set behind the per-service task index.
+//! - [`link`] is the connection, and the failover to other managers.
+//! - [`settings`] reads the console's settings file; [`alerts`] sends
+//!   desktop and terminal notifications.
 
+pub mod alerts;
 pub mod app;
+pub mod inspect;
+pub mod link;
+mod ordered;
 pub mod problems;
+pub mod settings;
 pub mod state;
 pub mod theme;
 pub mod view;
 
-use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -41,6 +51,8 @@ type Client = ControlClient<Channel>;
 enum Message {
     Watch(Box<pb::WatchMessage>),
     Disconnected(String),
+    /// The streams resumed on this manager after a failure.
+    Reconnected(String),
     Info(Box<pb::InfoResponse>),
     Key(ratatui::crossterm::event::KeyEvent),
     Resize,
@@ -58,12 +70,23 @@ enum Message {
     Tick,
 }
 
-pub async fn run(target: &Target) -> anyhow::Result<()> {
-    let theme = Theme::from_env().map_err(anyhow::Error::msg)?;
-    let client = target.connect().await?;
+/// What the console is opened with, besides where to connect.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--theme`: a built-in theme or a theme file.
+    pub theme: Option<String>,
+}
+
+pub async fn run(target: &Target, options: &Options) -> anyhow::Result<()> {
+    let settings = settings::Settings::load().map_err(anyhow::Error::msg)?;
+    let theme = settings
+        .theme(options.theme.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let mut alerter = alerts::Alerter::new(settings.alerts.clone());
+    let link = link::Link::open(target).await?;
     let (tx, mut rx) = mpsc::channel::<Message>(1024);
-    tokio::spawn(watch_loop(client.clone(), tx.clone()));
-    tokio::spawn(info_loop(client.clone(), tx.clone()));
+    tokio::spawn(watch_loop(link.clone(), tx.clone()));
+    tokio::spawn(info_loop(link.clone(), tx.clone()));
     spawn_input(tx.clone());
 
     let mut terminal = ratatui::init();
@@ -72,6 +95,10 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
     let mut logs_task: Option<tokio::task::AbortHandle> = None;
     let result = async {
         loop {
+            // Keys that scroll by the screenful need its size.
+            if let Ok(size) = terminal.size() {
+                app.screen_height = size.height;
+            }
             draw(&mut terminal, &app, &model, &theme)?;
             let Some(first) = rx.recv().await else { break };
             let mut pending = vec![first];
@@ -80,7 +107,15 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
                 pending.push(more);
             }
             for message in pending {
-                handle(message, &mut app, &mut model, &client, &tx, &mut logs_task);
+                handle(
+                    message,
+                    &mut app,
+                    &mut model,
+                    &link,
+                    &tx,
+                    &mut logs_task,
+                    &mut alerter,
+                );
             }
             if app.quit {
                 break;
@@ -111,9 +146,10 @@ fn handle(
     message: Message,
     app: &mut App,
     model: &mut Model,
-    client: &Client,
+    link: &Arc<link::Link>,
     tx: &mpsc::Sender<Message>,
     logs_task: &mut Option<tokio::task::AbortHandle>,
+    alerter: &mut alerts::Alerter,
 ) {
     match message {
         Message::Watch(update) => {
@@ -125,29 +161,44 @@ fn handle(
                 && event.level == Level::Error
                 && model.events.len() >= before
             {
-                // The alert: a banner in the status line, and the bell
-                // (at most every half minute: a crash loop must not ring
-                // all night).
+                // The alert: always a banner in the status line; beyond
+                // the console, as the settings say.
                 app.status = Some((event.text.clone(), true));
-                if app.bell_due(std::time::Instant::now()) {
-                    let _ = std::io::stdout().write_all(b"\x07");
-                }
+                alerter.alert("Shoal", &event.text, std::time::Instant::now());
             }
         }
         Message::Disconnected(reason) => model.connection = Connection::Lost(reason),
+        Message::Reconnected(manager) => {
+            app.status = Some((format!("connection lost; following {manager}"), false));
+        }
         Message::Info(info) => model.info = Some(*info),
+        // M mutes and unmutes alerts beyond the banner, from any view.
+        Message::Key(key)
+            if key.code == ratatui::crossterm::event::KeyCode::Char('M')
+                && matches!(app.mode, app::Mode::Normal) =>
+        {
+            let muted = alerter.toggle_mute();
+            app.status = Some((
+                if muted {
+                    "alerts muted: only this status line shows them (M to unmute)".into()
+                } else {
+                    "alerts unmuted".into()
+                },
+                false,
+            ));
+        }
         Message::Key(key) => match app.on_key(key, model) {
             Some(Action::FollowLogs { service }) => {
                 if let Some(previous) = logs_task.take() {
                     previous.abort();
                 }
                 model.clear_logs();
-                let task = tokio::spawn(follow_logs(client.clone(), service, tx.clone()));
+                let task = tokio::spawn(follow_logs(link.client(), service, tx.clone()));
                 *logs_task = Some(task.abort_handle());
             }
             Some(action) => {
                 app.status = Some((format!("{}…", action.describe(model)), false));
-                tokio::spawn(perform(client.clone(), action, model.clone(), tx.clone()));
+                tokio::spawn(perform(link.clone(), action, model.clone(), tx.clone()));
             }
             None => {}
         },
@@ -198,12 +249,14 @@ fn spawn_input(tx: mpsc::Sender<Message>) {
     });
 }
 
-/// Follows the store: a full copy, then changes; after a failure it
-/// reconnects with backoff and resumes from the last version seen.
-async fn watch_loop(mut client: Client, tx: mpsc::Sender<Message>) {
+/// Follows the store: a full copy, then changes. After a failure it
+/// finds a manager that answers (the same one, or another) and resumes
+/// from the last version seen: versions are raft's, the same everywhere.
+async fn watch_loop(link: Arc<link::Link>, tx: mpsc::Sender<Message>) {
     let mut version = 0;
     let mut backoff = Duration::from_millis(250);
     loop {
+        let mut client = link.client();
         let request = pb::WatchRequest {
             kinds: Vec::new(),
             since_version: version,
@@ -230,28 +283,33 @@ async fn watch_loop(mut client: Client, tx: mpsc::Sender<Message>) {
         if tx.send(Message::Disconnected(reason)).await.is_err() {
             return;
         }
+        if let Some(manager) = link.reconnect().await
+            && tx.send(Message::Reconnected(manager)).await.is_err()
+        {
+            return;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Raft health (leader, term, quorum) changes without store events.
-async fn info_loop(mut client: Client, tx: mpsc::Sender<Message>) {
+async fn info_loop(link: Arc<link::Link>, tx: mpsc::Sender<Message>) {
     loop {
-        if let Ok(info) = client.info(pb::InfoRequest {}).await
-            && tx
-                .send(Message::Info(Box::new(info.into_inner())))
-                .await
-                .is_err()
-        {
-            return;
+        if let Ok(info) = link.client().info(pb::InfoRequest {}).await {
+            let info = info.into_inner();
+            link.learn(&info).await;
+            if tx.send(Message::Info(Box::new(info))).await.is_err() {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
-async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sender<Message>) {
+async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::Sender<Message>) {
     let description = action.describe(&model);
+    let mut client = link.client();
     let result = match &action {
         Action::Scale { service, replicas } => {
             update_service(&mut client, &model, service, |spec| {
@@ -259,16 +317,20 @@ async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sen
             })
             .await
         }
-        Action::UpdateImage { service, image } => {
+        Action::Update { service, rollout } => {
             update_service(&mut client, &model, service, |spec| {
-                if let Some(container) = spec
-                    .task
+                spec.task
                     .get_or_insert_with(Default::default)
                     .container
-                    .as_mut()
-                {
-                    container.image = image.clone();
-                }
+                    .get_or_insert_with(Default::default)
+                    .image = rollout.image.clone();
+                // The form's fields; the monitor period and failure ratio
+                // stay as the service has them.
+                let update = spec.update.get_or_insert_with(Default::default);
+                update.parallelism = rollout.parallelism;
+                update.delay_ms = rollout.delay.as_millis() as u64;
+                update.failure_action = rollout.failure_action as i32;
+                update.order = rollout.order as i32;
             })
             .await
         }
@@ -308,12 +370,15 @@ async fn perform(mut client: Client, action: Action, model: Model, tx: mpsc::Sen
             .map(|_| ()),
         // Handled by the loop, which owns the log stream.
         Action::FollowLogs { .. } => Ok(()),
-        Action::Unlock { key } => client
-            .swarm_unlock(pb::SwarmUnlockRequest {
-                unlock_key: key.clone(),
-            })
-            .await
-            .map(|_| ()),
+        Action::Unlock { key } => match link.opened_on().await {
+            Ok(mut node) => node
+                .swarm_unlock(pb::SwarmUnlockRequest {
+                    unlock_key: key.clone(),
+                })
+                .await
+                .map(|_| ()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        },
     };
     let outcome = match result {
         Ok(()) => Ok(format!("done: {description}")),

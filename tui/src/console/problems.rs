@@ -107,16 +107,12 @@ pub fn find(model: &Model) -> Vec<Problem> {
         }
         // Failures per slot, with the newest failure's error.
         let mut failures: HashMap<(u64, &str), (usize, &pb::Task)> = HashMap::new();
-        for task in model.tasks_of(id) {
-            let failed = task.status.as_ref().is_some_and(|s| {
-                s.state == pb::TaskState::Failed as i32 || s.state == pb::TaskState::Rejected as i32
-            });
-            if failed {
-                let entry = failures
-                    .entry(super::state::slot_key(task))
-                    .or_insert((0, task));
-                entry.0 += 1;
-            }
+        // Newest first within a slot: the first seen is the newest.
+        for task in model.failed_tasks_of(id) {
+            let entry = failures
+                .entry(super::state::slot_key(task))
+                .or_insert((0, task));
+            entry.0 += 1;
         }
         let mut repeated: Vec<_> = failures
             .into_iter()

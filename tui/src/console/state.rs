@@ -3,10 +3,13 @@
 //! changes (a node going down, a task failing, an update pausing, the
 //! leader moving) are also turned into lines of the event log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::watch_event::{Object, Old};
+
+use super::ordered::OrderedSet;
 
 use crate::cli::output::{node_state_name, short, task_state_name, update_state_name};
 
@@ -61,11 +64,188 @@ pub enum Connection {
     Lost(String),
 }
 
+/// A task's place in the order `service ps` uses: by slot (or, for
+/// global tasks, node), newest first within it; the id breaks ties so
+/// that two tasks never share a place.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TaskOrder {
+    slot: u64,
+    /// Empty for replicated tasks, whose slot already places them.
+    node: String,
+    newest_first: Reverse<i64>,
+    id: String,
+    /// Never decides the order (the id before it is unique): here so that
+    /// a filter by node reads the index alone, not every task.
+    node_number: NodeNumber,
+}
+
+impl TaskOrder {
+    fn of(id: &str, task: &pb::Task, node_number: NodeNumber) -> Self {
+        let (slot, node) = slot_key(task);
+        TaskOrder {
+            slot,
+            node: node.to_string(),
+            newest_first: Reverse(task.meta.as_ref().map_or(0, |m| m.created_at_ms)),
+            id: id.to_string(),
+            node_number,
+        }
+    }
+}
+
+/// A node as the task index numbers it. A filter matches each node once,
+/// then each task by its node's number: no string to read per task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeNumber(u32);
+
+impl NodeNumber {
+    /// Numbers count up from 0: a vector indexed by them stays small.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Indexes over the tasks, kept in step with every insert and removal so
+/// that a frame never has to scan or sort all tasks: a service with
+/// 100,000 tasks must draw as fast as one with ten.
+#[derive(Clone, Debug, Default)]
+struct TaskIndex {
+    /// Per service, its tasks in `service ps` order.
+    by_service: HashMap<String, OrderedSet<TaskOrder>>,
+    /// Per service, tasks meant to run that run (the REPLICAS column).
+    running_by_service: HashMap<String, usize>,
+    /// Per node, tasks meant to run that run (the TASKS column).
+    running_by_node: HashMap<String, usize>,
+    /// Per service, its failed and rejected tasks in `service ps` order:
+    /// the problems view looks for slots failing again and again, and
+    /// failures are few next to all tasks.
+    failed_by_service: HashMap<String, OrderedSet<TaskOrder>>,
+    /// Per service, the distinct specs its running tasks run, with how
+    /// many run each: update progress is the count for the service's
+    /// current spec. Rarely more than two (old and new) at a time.
+    running_specs: HashMap<String, Vec<(Option<pb::TaskSpec>, usize)>>,
+    /// Every node id a task has named, by number; never shrinks (nodes
+    /// are few next to tasks).
+    node_ids: Vec<String>,
+    node_numbers: HashMap<String, NodeNumber>,
+}
+
+fn failed(task: &pb::Task) -> bool {
+    task.status.as_ref().is_some_and(|s| {
+        s.state == pb::TaskState::Failed as i32 || s.state == pb::TaskState::Rejected as i32
+    })
+}
+
+/// Whether a task counts as a running replica: meant to run, and running.
+fn runs(task: &pb::Task) -> bool {
+    task.desired_state <= pb::TaskState::Running as i32
+        && task
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state == pb::TaskState::Running as i32)
+}
+
+impl TaskIndex {
+    fn number(&mut self, node_id: &str) -> NodeNumber {
+        if let Some(number) = self.node_numbers.get(node_id) {
+            return *number;
+        }
+        let number = NodeNumber(self.node_ids.len() as u32);
+        self.node_ids.push(node_id.to_string());
+        self.node_numbers.insert(node_id.to_string(), number);
+        number
+    }
+
+    fn add(&mut self, id: &str, task: &pb::Task) {
+        let order = TaskOrder::of(id, task, self.number(&task.node_id));
+        if failed(task) {
+            self.failed_by_service
+                .entry(task.service_id.clone())
+                .or_default()
+                .insert(order.clone());
+        }
+        self.by_service
+            .entry(task.service_id.clone())
+            .or_default()
+            .insert(order);
+        if runs(task) {
+            *self
+                .running_by_service
+                .entry(task.service_id.clone())
+                .or_default() += 1;
+            *self
+                .running_by_node
+                .entry(task.node_id.clone())
+                .or_default() += 1;
+            let specs = self
+                .running_specs
+                .entry(task.service_id.clone())
+                .or_default();
+            match specs.iter_mut().find(|(spec, _)| *spec == task.spec) {
+                Some((_, count)) => *count += 1,
+                None => specs.push((task.spec.clone(), 1)),
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str, task: &pb::Task) {
+        let key = TaskOrder::of(id, task, self.number(&task.node_id));
+        for index in [&mut self.by_service, &mut self.failed_by_service] {
+            if let Some(order) = index.get_mut(&task.service_id) {
+                order.remove(&key);
+                if order.is_empty() {
+                    index.remove(&task.service_id);
+                }
+            }
+        }
+        if runs(task) {
+            decrement(&mut self.running_by_service, &task.service_id);
+            decrement(&mut self.running_by_node, &task.node_id);
+            if let Some(specs) = self.running_specs.get_mut(&task.service_id) {
+                if let Some(at) = specs.iter().position(|(spec, _)| *spec == task.spec) {
+                    specs[at].1 -= 1;
+                    if specs[at].1 == 0 {
+                        specs.swap_remove(at);
+                    }
+                }
+                if specs.is_empty() {
+                    self.running_specs.remove(&task.service_id);
+                }
+            }
+        }
+    }
+}
+
+/// Counts drop to nothing rather than to zero, so the maps hold only
+/// services and nodes that have running tasks.
+fn decrement(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// Where a service's rolling update (or rollback) stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateProgress {
+    pub state: i32,
+    /// Why it paused, or what it is doing.
+    pub message: String,
+    /// Running tasks with the service's current spec.
+    pub updated: u64,
+    /// Tasks the service wants.
+    pub total: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Model {
     pub nodes: BTreeMap<String, pb::Node>,
     pub services: BTreeMap<String, pb::Service>,
-    pub tasks: BTreeMap<String, pb::Task>,
+    /// Private so that every change goes through [`Model::put_task`] and
+    /// [`Model::remove_task`], which keep `task_index` in step.
+    tasks: BTreeMap<String, pb::Task>,
+    task_index: TaskIndex,
     pub cluster: Option<pb::Cluster>,
     /// Newest first.
     pub events: VecDeque<EventLine>,
@@ -89,6 +269,7 @@ impl Default for Model {
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            task_index: TaskIndex::default(),
             cluster: None,
             events: VecDeque::new(),
             info: None,
@@ -121,6 +302,7 @@ impl Model {
             self.nodes.clear();
             self.services.clear();
             self.tasks.clear();
+            self.task_index = TaskIndex::default();
             self.cluster = None;
             self.copying = true;
         }
@@ -188,9 +370,9 @@ impl Model {
                     self.task_news(&task, event.old.as_ref(), time);
                 }
                 if removed {
-                    self.tasks.remove(&id);
+                    self.remove_task(&id);
                 } else {
-                    self.tasks.insert(id, task);
+                    self.put_task(task);
                 }
             }
             Some(Object::Cluster(cluster)) => {
@@ -401,58 +583,137 @@ impl Model {
         self.logs_status = None;
     }
 
-    /// Tasks of a service, grouped by slot (or node), newest first within
-    /// each: the order `service ps` uses.
-    pub fn tasks_of(&self, service_id: &str) -> Vec<&pb::Task> {
-        let created = |t: &pb::Task| t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0);
-        let mut tasks: Vec<&pb::Task> = self
-            .tasks
-            .values()
-            .filter(|t| t.service_id == service_id)
-            .collect();
-        tasks.sort_by(|a, b| {
-            slot_key(a)
-                .cmp(&slot_key(b))
-                .then(created(b).cmp(&created(a)))
-        });
-        tasks
+    /// Every task, by id.
+    pub fn tasks(&self) -> &BTreeMap<String, pb::Task> {
+        &self.tasks
     }
 
-    /// Tasks meant to run on a node.
+    pub fn task(&self, id: &str) -> Option<&pb::Task> {
+        self.tasks.get(id)
+    }
+
+    /// Adds or replaces a task (keyed by its id).
+    pub fn put_task(&mut self, task: pb::Task) {
+        let id = id_of(&task.meta);
+        if let Some(old) = self.tasks.get(&id) {
+            self.task_index.remove(&id, old);
+        }
+        self.task_index.add(&id, &task);
+        self.tasks.insert(id, task);
+    }
+
+    pub fn remove_task(&mut self, id: &str) {
+        if let Some(old) = self.tasks.remove(id) {
+            self.task_index.remove(id, &old);
+        }
+    }
+
+    /// How many tasks a service has, history included.
+    pub fn task_count(&self, service_id: &str) -> usize {
+        self.task_index
+            .by_service
+            .get(service_id)
+            .map_or(0, OrderedSet::len)
+    }
+
+    /// Ids of a service's tasks from position `start` on, each with its
+    /// node, in the order of [`Model::tasks_of`]. Reads only the index,
+    /// and reaches `start` without walking the tasks before it.
+    pub fn task_ids_of<'a>(
+        &'a self,
+        service_id: &str,
+        start: usize,
+    ) -> impl Iterator<Item = (&'a str, NodeNumber)> + 'a {
+        self.task_index
+            .by_service
+            .get(service_id)
+            .into_iter()
+            .flat_map(move |order| order.iter_from(start))
+            .map(|order| (order.id.as_str(), order.node_number))
+    }
+
+    /// The id of a node [`Model::task_ids_of`] numbered.
+    pub fn node_id_of(&self, number: NodeNumber) -> &str {
+        self.task_index
+            .node_ids
+            .get(number.index())
+            .map_or("", String::as_str)
+    }
+
+    /// Tasks of a service, grouped by slot (or node), newest first within
+    /// each: the order `service ps` uses. Lazy, so that a page of rows
+    /// costs a page, not the whole service.
+    pub fn tasks_of<'a>(&'a self, service_id: &str) -> impl Iterator<Item = &'a pb::Task> + 'a {
+        self.task_ids_of(service_id, 0)
+            .filter_map(|(id, _)| self.tasks.get(id))
+    }
+
+    /// A service's failed and rejected tasks, in the order of
+    /// [`Model::tasks_of`].
+    pub fn failed_tasks_of<'a>(
+        &'a self,
+        service_id: &str,
+    ) -> impl Iterator<Item = &'a pb::Task> + 'a {
+        self.task_index
+            .failed_by_service
+            .get(service_id)
+            .into_iter()
+            .flat_map(|order| order.iter_from(0))
+            .filter_map(|order| self.tasks.get(&order.id))
+    }
+
+    /// Tasks meant to run on a node that run.
     pub fn running_on(&self, node_id: &str) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| t.node_id == node_id && t.desired_state <= pb::TaskState::Running as i32)
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == pb::TaskState::Running as i32)
-            })
-            .count()
+        self.task_index
+            .running_by_node
+            .get(node_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The service's update, if it has had one: its state, and how many
+    /// of its tasks run the current spec. Counted as `service update`
+    /// counts them: a slot is updated when its task with the new spec runs.
+    pub fn update_progress(&self, service: &pb::Service) -> Option<UpdateProgress> {
+        let status = service.update_status.as_ref()?;
+        let current = service.spec.as_ref().and_then(|s| s.task.as_ref());
+        let updated = self
+            .task_index
+            .running_specs
+            .get(&id_of(&service.meta))
+            .and_then(|specs| specs.iter().find(|(spec, _)| spec.as_ref() == current))
+            .map_or(0, |(_, count)| *count as u64);
+        Some(UpdateProgress {
+            state: status.state,
+            message: status.message.clone(),
+            updated,
+            total: self.replicas(service).1,
+        })
     }
 
     /// Running and desired task counts of a service, from the tasks seen.
     pub fn replicas(&self, service: &pb::Service) -> (u64, u64) {
         let id = id_of(&service.meta);
         let running = self
-            .tasks
-            .values()
-            .filter(|t| t.service_id == id && t.desired_state <= pb::TaskState::Running as i32)
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| s.state == pb::TaskState::Running as i32)
-            })
-            .count() as u64;
+            .task_index
+            .running_by_service
+            .get(&id)
+            .map_or(0, |n| *n as u64);
         let spec = service.spec.clone().unwrap_or_default();
         let desired = if spec.mode == pb::ServiceMode::Global as i32 {
-            // One per eligible node: the nodes the orchestrator gave a task.
-            self.tasks
-                .values()
-                .filter(|t| t.service_id == id && t.desired_state <= pb::TaskState::Running as i32)
-                .map(|t| t.node_id.as_str())
-                .collect::<std::collections::HashSet<_>>()
-                .len() as u64
+            // One per eligible node: the nodes the orchestrator gave a
+            // task. The index keeps a node's global tasks together.
+            let mut nodes = 0;
+            let mut previous: Option<&str> = None;
+            for task in self.tasks_of(&id) {
+                if task.desired_state <= pb::TaskState::Running as i32
+                    && previous != Some(task.node_id.as_str())
+                {
+                    nodes += 1;
+                    previous = Some(task.node_id.as_str());
+                }
+            }
+            nodes
         } else {
             spec.replicas
         };

@@ -6,7 +6,7 @@ use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use shoal_proto::v1 as pb;
 
-use super::app::{Action, App, Mode, View};
+use super::app::{Action, App, FormField, Mode, Rollout, View};
 use super::state::{Level, Model};
 use super::theme::Theme;
 use super::view;
@@ -158,9 +158,7 @@ fn model() -> Model {
             "task: non-zero exit (1)",
         ),
     ] {
-        model
-            .tasks
-            .insert(t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), t);
+        model.put_task(t);
     }
     model.info = Some(pb::InfoResponse {
         state: pb::LocalNodeState::Active as i32,
@@ -264,6 +262,23 @@ fn the_cluster_view_shows_quorum_and_managers() {
     let mut app = App::default();
     app.on_key(key(KeyCode::Char('6')), &model);
     insta::assert_snapshot!(screen(&app, &model));
+}
+
+#[test]
+fn a_locked_manager_shows_how_to_unlock_and_masks_the_key() {
+    let mut model = model();
+    if let Some(info) = model.info.as_mut() {
+        info.state = pb::LocalNodeState::Locked as i32;
+    }
+    let mut app = App::default();
+    insta::assert_snapshot!(screen(&app, &model));
+    app.on_key(key(KeyCode::Char('u')), &model);
+    for c in "SWMKEY-1-secret".chars() {
+        app.on_key(key(KeyCode::Char(c)), &model);
+    }
+    let text = screen(&app, &model);
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("***************"), "{text}");
 }
 
 #[test]
@@ -451,4 +466,530 @@ fn a_large_terminal_shows_more_of_everything() {
     let mut app = App::default();
     app.on_key(key(KeyCode::Char('1')), &model);
     insta::assert_snapshot!(screen_of_size(&app, &model, 160, 48));
+}
+
+fn task_event(action: pb::WatchAction, task: pb::Task) -> pb::WatchEvent {
+    pb::WatchEvent {
+        action: action as i32,
+        object: Some(pb::watch_event::Object::Task(task)),
+        old: None,
+    }
+}
+
+#[test]
+fn the_task_index_follows_every_change_the_watch_brings() {
+    use pb::TaskState::*;
+    let mut model = model();
+    let web = model.services.get("svc-web").cloned().unwrap_or_default();
+    assert_eq!(model.replicas(&web), (2, 2));
+    assert_eq!(model.running_on("n2bbbbbbbbbbbbbbbbbbbbbbb"), 1);
+    // web.2 fails on manager-2; its replacement starts on manager-1.
+    model.apply(pb::WatchMessage {
+        version: 14,
+        events: vec![
+            task_event(
+                pb::WatchAction::Update,
+                task(
+                    "t2",
+                    2,
+                    "n2bbbbbbbbbbbbbbbbbbbbbbb",
+                    Failed,
+                    Shutdown,
+                    60,
+                    "boom",
+                ),
+            ),
+            task_event(
+                pb::WatchAction::Create,
+                task(
+                    "t3",
+                    2,
+                    "n1aaaaaaaaaaaaaaaaaaaaaaa",
+                    Running,
+                    Running,
+                    1,
+                    "",
+                ),
+            ),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(model.replicas(&web), (2, 2));
+    assert_eq!(model.running_on("n2bbbbbbbbbbbbbbbbbbbbbbb"), 0);
+    assert_eq!(model.running_on("n1aaaaaaaaaaaaaaaaaaaaaaa"), 2);
+    let order: Vec<&str> = model.task_ids_of("svc-web", 0).map(|(id, _)| id).collect();
+    assert_eq!(order, ["t1", "t3", "t2", "t0"], "slot order, newest first");
+    let failed: Vec<String> = model
+        .failed_tasks_of("svc-web")
+        .filter_map(|t| t.meta.as_ref().map(|m| m.id.clone()))
+        .collect();
+    assert_eq!(failed, ["t2", "t0"]);
+    model.apply(pb::WatchMessage {
+        version: 15,
+        events: vec![task_event(
+            pb::WatchAction::Remove,
+            task(
+                "t3",
+                2,
+                "n1aaaaaaaaaaaaaaaaaaaaaaa",
+                Running,
+                Running,
+                1,
+                "",
+            ),
+        )],
+        ..Default::default()
+    });
+    assert_eq!(model.replicas(&web), (1, 2));
+    assert_eq!(model.task_count("svc-web"), 3);
+    model.apply(pb::WatchMessage {
+        version: 16,
+        reset: true,
+        ..Default::default()
+    });
+    assert_eq!(model.task_count("svc-web"), 0);
+    assert_eq!(model.running_on("n1aaaaaaaaaaaaaaaaaaaaaaa"), 0);
+    assert_eq!(model.failed_tasks_of("svc-web").count(), 0);
+}
+
+/// `web` with `slots` slots, each running one task with one failed task
+/// before it: twice as many rows as slots.
+fn model_with_history(slots: u64) -> Model {
+    use pb::TaskState::*;
+    let mut model = model();
+    for id in ["t0", "t1", "t2"] {
+        model.remove_task(id);
+    }
+    for slot in 1..=slots {
+        let node = if slot % 2 == 0 {
+            "n2bbbbbbbbbbbbbbbbbbbbbbb"
+        } else {
+            "n1aaaaaaaaaaaaaaaaaaaaaaa"
+        };
+        model.put_task(task(
+            &format!("run{slot:03}"),
+            slot,
+            node,
+            Running,
+            Running,
+            10,
+            "",
+        ));
+        model.put_task(task(
+            &format!("old{slot:03}"),
+            slot,
+            "n3ccccccccccccccccccccccc",
+            Failed,
+            Shutdown,
+            100,
+            "exit 1",
+        ));
+    }
+    model
+}
+
+#[test]
+fn a_page_deep_in_the_tasks_still_marks_history_at_its_top() {
+    let model = model_with_history(30);
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Enter), &model);
+    assert_eq!(app.row_count(&model), 60);
+    // 19 rows fit at 80x24: selecting row 21 puts row 3 (slot 2's failed
+    // task) at the top of the page, below its slot's row off screen.
+    for _ in 0..21 {
+        app.on_key(key(KeyCode::Char('j')), &model);
+    }
+    let text = screen(&app, &model);
+    let first_row = text.lines().nth(3).unwrap_or_default();
+    assert!(first_row.starts_with(" \\_ web.2 "), "{text}");
+    app.on_key(key(KeyCode::Char('G')), &model);
+    let text = screen(&app, &model);
+    assert!(text.contains(" \\_ web.30 "), "{text}");
+    assert!(
+        text.lines()
+            .nth(3)
+            .is_some_and(|l| l.starts_with(" \\_ web.21 ")),
+        "{text}"
+    );
+    // The service shrinks under the selection: the last row stays shown.
+    let text = screen(&app, &model_with_history(5));
+    assert!(text.contains(" \\_ web.5 "), "{text}");
+}
+
+#[test]
+fn a_filter_on_the_tasks_view_matches_service_and_node() {
+    let model = model_with_history(30);
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Enter), &model);
+    app.on_key(key(KeyCode::Char('/')), &model);
+    type_text(&mut app, &model, "web worker");
+    // Only the failed tasks ran on worker-1.
+    assert_eq!(app.row_count(&model), 30);
+    assert!(app.rows(&model).iter().all(|id| id.starts_with("old")));
+    let text = screen(&app, &model);
+    assert!(text.contains("filter: web worker"), "{text}");
+    assert!(text.contains("web.1 "), "{text}");
+    assert!(
+        text.lines().skip(3).all(|l| !l.contains("manager-")),
+        "{text}"
+    );
+}
+
+/// The fixed model, with what an inspect pane has to lay out: labels,
+/// an update config, a platform.
+fn model_to_inspect() -> Model {
+    let mut model = model();
+    if let Some(node) = model.nodes.get_mut("n1aaaaaaaaaaaaaaaaaaaaaaa") {
+        node.spec = Some(pb::NodeSpec {
+            desired_role: pb::NodeRole::Manager as i32,
+            labels: [("zone".to_string(), "eu-1".to_string())].into(),
+            ..Default::default()
+        });
+        node.status = Some(pb::NodeStatus {
+            state: pb::NodeState::Ready as i32,
+            addr: "10.0.0.1".into(),
+            ..Default::default()
+        });
+        node.description = Some(pb::NodeDescription {
+            hostname: "manager-1".into(),
+            platform_os: "linux".into(),
+            platform_arch: "x86_64".into(),
+            resources: Some(pb::Resources {
+                nano_cpus: 4_000_000_000,
+                memory_bytes: 8 << 30,
+            }),
+            agent_version: "0.1.0".into(),
+            executor: "docker".into(),
+            ..Default::default()
+        });
+    }
+    if let Some(service) = model.services.get_mut("svc-web") {
+        service.previous_spec = Some(pb::ServiceSpec {
+            name: "web".into(),
+            task: task_spec("nginx:1.26"),
+            ..Default::default()
+        });
+        if let Some(status) = service.update_status.as_mut() {
+            status.started_at_ms = NOW - 120_000;
+        }
+    }
+    if let Some(spec) = model
+        .services
+        .get_mut("svc-web")
+        .and_then(|s| s.spec.as_mut())
+    {
+        spec.labels = [
+            ("team".to_string(), "web".to_string()),
+            ("tier".to_string(), "front".to_string()),
+        ]
+        .into();
+        spec.update = Some(pb::UpdateConfig {
+            parallelism: 2,
+            delay_ms: 10_000,
+            monitor_ms: 5_000,
+            order: pb::UpdateOrder::StartFirst as i32,
+            ..Default::default()
+        });
+    }
+    model
+}
+
+#[test]
+fn i_inspects_a_service_and_y_switches_to_the_clis_json() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('i')), &model);
+    assert!(matches!(app.mode, Mode::Inspect(_)));
+    let text = screen(&app, &model);
+    assert!(text.contains("Inspect service web — pretty"), "{text}");
+    assert!(text.contains(" - team=web"), "{text}");
+    insta::assert_snapshot!("inspect_service_pretty_80x24", text);
+    insta::assert_snapshot!(
+        "inspect_service_pretty_160x48",
+        screen_of_size(&app, &model, 160, 48)
+    );
+
+    app.on_key(key(KeyCode::Char('y')), &model);
+    let text = screen(&app, &model);
+    assert!(text.contains("\"id\": \"svc-web\""), "{text}");
+    insta::assert_snapshot!("inspect_service_json_80x24", text);
+    // The pane's JSON is the CLI's shape, whole.
+    let json = super::inspect::lines(
+        &model,
+        &super::inspect::Object::Service("svc-web".into()),
+        true,
+        NOW,
+    )
+    .join("\n");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    assert_eq!(value["spec"]["update"]["order"], "start-first");
+    assert_eq!(value["update_status"]["state"], "paused");
+    assert_eq!(value["replicas_running"], 2);
+
+    app.on_key(key(KeyCode::Esc), &model);
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(app.view, View::Services);
+}
+
+#[test]
+fn enter_inspects_a_node_with_its_labels_and_platform() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('1')), &model);
+    app.on_key(key(KeyCode::Enter), &model);
+    let text = screen(&app, &model);
+    assert!(text.contains(" - zone=eu-1"), "{text}");
+    insta::assert_snapshot!("inspect_node_pretty_80x24", text);
+    insta::assert_snapshot!(
+        "inspect_node_json_160x48",
+        screen_of_size(
+            &{
+                let mut app = App::default();
+                app.on_key(key(KeyCode::Char('1')), &model);
+                app.on_key(key(KeyCode::Char('i')), &model);
+                app.on_key(key(KeyCode::Char('y')), &model);
+                app
+            },
+            &model,
+            160,
+            48
+        )
+    );
+}
+
+#[test]
+fn enter_on_a_task_inspects_it_with_its_error() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Enter), &model);
+    app.on_key(key(KeyCode::Char('G')), &model);
+    app.on_key(key(KeyCode::Enter), &model);
+    let text = screen(&app, &model);
+    assert!(text.contains("Inspect task web.2"), "{text}");
+    assert!(text.contains("task: non-zero exit (1)"), "{text}");
+    insta::assert_snapshot!("inspect_task_pretty_80x24", text);
+    app.on_key(key(KeyCode::Char('y')), &model);
+    insta::assert_snapshot!(
+        "inspect_task_json_160x48",
+        screen_of_size(&app, &model, 160, 48)
+    );
+}
+
+#[test]
+fn the_inspect_pane_scrolls_no_further_than_its_last_screenful() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('i')), &model);
+    let lines = super::inspect::lines(
+        &model,
+        &super::inspect::Object::Service("svc-web".into()),
+        false,
+        NOW,
+    );
+    assert!(lines.len() > 20, "a service needs more than a screen");
+    app.on_key(key(KeyCode::Char('G')), &model);
+    let at_end = screen(&app, &model);
+    assert!(at_end.contains(lines.last().map_or("", |l| l.trim_end())));
+    app.on_key(key(KeyCode::Char('j')), &model);
+    assert_eq!(screen(&app, &model), at_end, "j at the end stays");
+    // One k moves one line back: no dead presses past the end.
+    app.on_key(key(KeyCode::Char('k')), &model);
+    assert_ne!(screen(&app, &model), at_end);
+    app.on_key(key(KeyCode::Char('g')), &model);
+    assert!(screen(&app, &model).contains("lines 1-20 of"));
+}
+
+#[test]
+fn an_inspected_object_that_goes_away_says_so() {
+    let mut model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Enter), &model);
+    app.on_key(key(KeyCode::Char('i')), &model);
+    model.remove_task("t1");
+    let text = screen(&app, &model);
+    assert!(text.contains("This task is gone"), "{text}");
+}
+
+fn tab(app: &mut App, model: &Model) {
+    app.on_key(key(KeyCode::Tab), model);
+}
+
+/// Empties the focused text field and types `text` into it.
+fn retype(app: &mut App, model: &Model, text: &str) {
+    for _ in 0..40 {
+        app.on_key(key(KeyCode::Backspace), model);
+    }
+    type_text(app, model, text);
+}
+
+#[test]
+fn u_opens_an_update_form_filled_from_the_service() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('U')), &model);
+    let Mode::UpdateForm(form) = &app.mode else {
+        panic!("U opens the form: {:?}", app.mode);
+    };
+    assert_eq!(
+        (
+            form.image.as_str(),
+            form.parallelism.as_str(),
+            form.delay.as_str()
+        ),
+        ("nginx:1.27", "2", "10s")
+    );
+    assert_eq!(form.order, pb::UpdateOrder::StartFirst);
+    let text = screen(&app, &model);
+    assert!(text.contains("Rolling update of web"), "{text}");
+    insta::assert_snapshot!("update_form_80x24", text);
+    insta::assert_snapshot!("update_form_160x48", screen_of_size(&app, &model, 160, 48));
+}
+
+#[test]
+fn a_service_without_an_update_config_starts_from_swarms_defaults() {
+    let mut model = model();
+    if let Some(spec) = model
+        .services
+        .get_mut("svc-web")
+        .and_then(|s| s.spec.as_mut())
+    {
+        spec.update = None;
+    }
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('U')), &model);
+    let Mode::UpdateForm(form) = &app.mode else {
+        panic!("U opens the form: {:?}", app.mode);
+    };
+    assert_eq!(
+        (form.parallelism.as_str(), form.delay.as_str()),
+        ("1", "0s")
+    );
+    assert_eq!(form.failure_action, pb::FailureAction::Pause);
+    assert_eq!(form.order, pb::UpdateOrder::StopFirst);
+}
+
+#[test]
+fn the_update_form_sends_the_update_config_it_shows() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('U')), &model);
+    retype(&mut app, &model, "nginx:1.28");
+    tab(&mut app, &model);
+    retype(&mut app, &model, "3");
+    tab(&mut app, &model);
+    retype(&mut app, &model, "1m30s");
+    tab(&mut app, &model);
+    // pause → continue → rollback
+    app.on_key(key(KeyCode::Right), &model);
+    app.on_key(key(KeyCode::Char(' ')), &model);
+    // Shift-Tab and Up go back; Down goes forward again.
+    app.on_key(key(KeyCode::BackTab), &model);
+    app.on_key(key(KeyCode::Up), &model);
+    app.on_key(key(KeyCode::Down), &model);
+    app.on_key(key(KeyCode::Down), &model);
+    app.on_key(key(KeyCode::Down), &model);
+    // start-first → stop-first (wrapping)
+    app.on_key(key(KeyCode::Left), &model);
+    let action = app.on_key(key(KeyCode::Enter), &model);
+    assert_eq!(
+        action,
+        Some(Action::Update {
+            service: "svc-web".into(),
+            rollout: Rollout {
+                image: "nginx:1.28".into(),
+                parallelism: 3,
+                delay: std::time::Duration::from_secs(90),
+                failure_action: pb::FailureAction::Rollback,
+                order: pb::UpdateOrder::StopFirst,
+            },
+        })
+    );
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(
+        action.map(|a| a.describe(&model)).unwrap_or_default(),
+        "update web to nginx:1.28 (3 at a time, 1m 30s apart, stop first, on failure rollback)"
+    );
+}
+
+#[test]
+fn the_update_form_names_the_wrong_field_and_stays_open() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('U')), &model);
+    tab(&mut app, &model);
+    retype(&mut app, &model, "two");
+    tab(&mut app, &model);
+    retype(&mut app, &model, "5x");
+    tab(&mut app, &model);
+    assert_eq!(app.on_key(key(KeyCode::Enter), &model), None);
+    let Mode::UpdateForm(form) = &app.mode else {
+        panic!("the form stays open: {:?}", app.mode);
+    };
+    assert_eq!(form.focus, FormField::Parallelism, "the cursor goes to it");
+    let text = screen(&app, &model);
+    assert!(
+        text.contains("parallelism: \"two\" is not a whole number"),
+        "{text}"
+    );
+    insta::assert_snapshot!("update_form_error_80x24", text);
+
+    retype(&mut app, &model, "2");
+    assert_eq!(app.on_key(key(KeyCode::Enter), &model), None);
+    assert!(screen(&app, &model).contains("delay: \"5x\" is not a duration"));
+    tab(&mut app, &model);
+    retype(&mut app, &model, "");
+    app.on_key(key(KeyCode::BackTab), &model);
+    app.on_key(key(KeyCode::BackTab), &model);
+    app.on_key(key(KeyCode::BackTab), &model);
+    retype(&mut app, &model, " ");
+    assert_eq!(app.on_key(key(KeyCode::Enter), &model), None);
+    assert!(screen(&app, &model).contains("image: enter an image"));
+
+    assert_eq!(app.on_key(key(KeyCode::Esc), &model), None);
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(app.status, Some(("update cancelled".to_string(), false)));
+}
+
+#[test]
+fn the_services_view_shows_the_selected_services_update_progress() {
+    use pb::TaskState::*;
+    let mut model = model();
+    if let Some(service) = model.services.get_mut("svc-web") {
+        service.spec = Some(pb::ServiceSpec {
+            name: "web".into(),
+            replicas: 2,
+            task: task_spec("nginx:1.28"),
+            ..Default::default()
+        });
+        service.update_status = Some(pb::UpdateStatus {
+            state: pb::UpdateState::Updating as i32,
+            ..Default::default()
+        });
+    }
+    // web.1 runs the new image; web.2 still the old one.
+    let mut updated = task(
+        "t4",
+        1,
+        "n1aaaaaaaaaaaaaaaaaaaaaaa",
+        Running,
+        Running,
+        5,
+        "",
+    );
+    updated.spec = task_spec("nginx:1.28");
+    model.put_task(updated);
+    let mut old = task(
+        "t1",
+        1,
+        "n1aaaaaaaaaaaaaaaaaaaaaaa",
+        Shutdown,
+        Shutdown,
+        120,
+        "",
+    );
+    old.spec = task_spec("nginx:1.27");
+    model.put_task(old);
+    let app = App::default();
+    let text = screen(&app, &model);
+    assert!(text.contains("web: updating, 1/2 updated"), "{text}");
 }

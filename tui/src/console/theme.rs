@@ -1,5 +1,5 @@
-//! Colour themes, read from TOML (the files in `themes/`). The default is
-//! built in so the console works without the files installed; `NO_COLOR`
+//! Colour themes, read from TOML (the files in `themes/`). They are built
+//! in so the console works without the files installed; `NO_COLOR`
 //! selects the mono theme, which marks selection and states with reverse
 //! video and bold instead of colour.
 
@@ -10,6 +10,10 @@ const DEFAULT: &str = include_str!("../../../themes/default.toml");
 const MONO: &str = include_str!("../../../themes/mono.toml");
 const LIGHT: &str = include_str!("../../../themes/light.toml");
 const HIGH_CONTRAST: &str = include_str!("../../../themes/high-contrast.toml");
+const SOLARIZED: &str = include_str!("../../../themes/solarized.toml");
+
+/// The built-in themes, by name.
+pub const BUILTIN: [&str; 5] = ["default", "light", "high-contrast", "solarized", "mono"];
 
 #[derive(Clone, Debug, Deserialize)]
 struct ThemeFile {
@@ -74,6 +78,7 @@ impl Theme {
             "mono" => MONO,
             "light" => LIGHT,
             "high-contrast" => HIGH_CONTRAST,
+            "solarized" => SOLARIZED,
             _ => return None,
         };
         Theme::from_toml(text).ok()
@@ -97,20 +102,16 @@ impl Theme {
         }
     }
 
-    /// The theme the environment asks for: `NO_COLOR` → mono; otherwise
-    /// `SHOAL_THEME` names a built-in theme or a TOML file.
-    pub fn from_env() -> Result<Self, String> {
-        if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
-            return Ok(Theme::mono());
-        }
-        let wanted = std::env::var("SHOAL_THEME").unwrap_or_else(|_| "default".into());
-        if let Some(theme) = Theme::builtin(&wanted) {
+    /// A built-in theme or a theme file; `source` says where the name
+    /// came from, for the error.
+    pub fn named(wanted: &str, source: &str) -> Result<Self, String> {
+        if let Some(theme) = Theme::builtin(wanted) {
             return Ok(theme);
         }
-        let text = std::fs::read_to_string(&wanted).map_err(|e| {
+        let text = std::fs::read_to_string(wanted).map_err(|e| {
             format!(
-                "SHOAL_THEME={wanted}: not a built-in theme (default, light, high-contrast, mono) \
-                 and not a readable file: {e}"
+                "{source} {wanted:?} is not a built-in theme ({}) nor a readable file: {e}",
+                BUILTIN.join(", ")
             )
         })?;
         Theme::from_toml(&text).map_err(|e| format!("theme file {wanted}: {e}"))
@@ -123,7 +124,7 @@ mod tests {
 
     #[test]
     fn every_builtin_theme_parses() {
-        for name in ["default", "light", "high-contrast", "mono"] {
+        for name in BUILTIN {
             assert!(Theme::builtin(name).is_some(), "{name}");
         }
         assert!(Theme::from_toml("name = 1").is_err());

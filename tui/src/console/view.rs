@@ -8,7 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
 use shoal_proto::v1 as pb;
 
-use super::app::{App, KEYS, Mode, PromptKind, View};
+use super::app::{
+    App, FAILURE_ACTIONS, FormField, KEYS, Mode, ORDERS, Pane, PromptKind, UpdateForm, View,
+};
 use super::state::{Connection, Level, Model};
 use super::theme::Theme;
 use crate::cli::output::{
@@ -20,9 +22,7 @@ pub fn image_of(service: &pb::Service) -> String {
     service
         .spec
         .as_ref()
-        .and_then(|s| s.task.as_ref())
-        .and_then(|t| t.container.as_ref())
-        .map(|c| c.image.clone())
+        .map(super::inspect::image_of)
         .unwrap_or_default()
 }
 
@@ -57,6 +57,15 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
     ])
     .areas(area);
     render_header(frame, header, app, model, theme);
+    let locked = model
+        .info
+        .as_ref()
+        .is_some_and(|info| info.state == pb::LocalNodeState::Locked as i32);
+    if locked && !matches!(app.mode, Mode::Prompt { .. }) {
+        render_locked(frame, body, model, theme);
+        render_footer(frame, footer, app, model, theme);
+        return;
+    }
     match app.view {
         View::Nodes => render_nodes(frame, body, app, model, theme),
         View::Services => render_services(frame, body, app, model, theme),
@@ -66,10 +75,71 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
         View::Logs => render_logs(frame, body, app, model, theme),
         View::Problems => render_problems(frame, body, app, model, theme),
     }
+    if let Mode::Inspect(pane) = &app.mode {
+        render_inspect(frame, body, pane, model, theme, now_ms);
+    }
     render_footer(frame, footer, app, model, theme);
+    if let Mode::UpdateForm(form) = &app.mode {
+        render_update_form(frame, area, form, model, theme);
+    }
     if app.mode == Mode::Help {
         render_help(frame, area, theme);
     }
+}
+
+/// Lines the inspect pane shows on a terminal `screen_height` tall: the
+/// body less its title line (see [`render`]'s layout).
+pub fn inspect_rows(screen_height: u16) -> usize {
+    (screen_height as usize).saturating_sub(4).max(1)
+}
+
+fn render_inspect(
+    frame: &mut Frame,
+    area: Rect,
+    pane: &Pane,
+    model: &Model,
+    theme: &Theme,
+    now_ms: i64,
+) {
+    let lines = super::inspect::lines(model, &pane.object, pane.json, now_ms);
+    let visible = (area.height as usize).saturating_sub(1).max(1);
+    let top = pane.scroll.min(lines.len().saturating_sub(visible));
+    let shown: Vec<Line> = lines
+        .iter()
+        .skip(top)
+        .take(visible)
+        .map(|line| {
+            // Section titles ("Status:") stand out from their fields.
+            if !pane.json && line.ends_with(':') && !line.starts_with(' ') {
+                Line::from(Span::styled(
+                    line.clone(),
+                    Style::default().add_modifier(Modifier::BOLD),
+                ))
+            } else {
+                Line::from(line.clone())
+            }
+        })
+        .collect();
+    let title = format!(
+        "Inspect {} {} — {}, lines {}-{} of {} (y: {}, Esc: back)",
+        pane.object.kind(),
+        pane.object.name(model),
+        if pane.json { "JSON" } else { "pretty" },
+        (top + 1).min(lines.len()),
+        (top + visible).min(lines.len()),
+        lines.len(),
+        if pane.json { "pretty" } else { "JSON" },
+    );
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(shown).block(
+            Block::default()
+                .borders(Borders::TOP)
+                .border_style(theme.border)
+                .title(title),
+        ),
+        area,
+    );
 }
 
 fn render_header(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
@@ -86,7 +156,7 @@ fn render_header(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
         Connection::Lost(_) => " · DISCONNECTED, reconnecting… (showing last known state)".into(),
     };
     let locked = if info.state == pb::LocalNodeState::Locked as i32 {
-        " · LOCKED (U to unlock)"
+        " · LOCKED (u to unlock)"
     } else {
         ""
     };
@@ -141,21 +211,45 @@ fn state_style(theme: &Theme, good: bool, bad: bool) -> Style {
     }
 }
 
-/// The rows of a table that fit in `area` and keep the selection in view:
-/// only those are built and drawn, so a view of 100,000 tasks costs what
-/// a screenful does. Returns the range and the selection's place in it.
-fn page(app: &App, total: usize, area: Rect) -> (std::ops::Range<usize>, TableState) {
+/// The rows of a table that fit in its area, keeping the selection in
+/// view.
+struct Page {
+    ids: Vec<String>,
+    /// The row just above the page: tasks show history relative to it.
+    previous: Option<String>,
+    /// Rows in all, filtered.
+    total: usize,
+    state: TableState,
+}
+
+/// Only the rows that fit in `area` are built and drawn, so a view of
+/// 100,000 tasks costs what a screenful does.
+fn page(app: &App, model: &Model, area: Rect) -> Page {
     // Border line and header row.
     let visible = (area.height as usize).saturating_sub(2).max(1);
-    let mut state = TableState::default();
-    if total == 0 {
-        return (0..0, state);
+    let window = |selected: usize| {
+        let start = (selected + 1).saturating_sub(visible);
+        let (ids, total) = app.row_window(model, start.saturating_sub(1)..start + visible);
+        (start, ids, total)
+    };
+    let mut selected = app.selected();
+    let (mut start, mut ids, mut total) = window(selected);
+    if total > 0 && selected >= total {
+        // The filter left fewer rows than the selection: show the last.
+        selected = total - 1;
+        (start, ids, total) = window(selected);
     }
-    let selected = app.selected().min(total - 1);
-    let start = (selected + 1).saturating_sub(visible);
-    let end = (start + visible).min(total);
-    state.select(Some(selected - start));
-    (start..end, state)
+    let previous = (start > 0 && !ids.is_empty()).then(|| ids.remove(0));
+    let mut state = TableState::default();
+    if total > 0 {
+        state.select(Some(selected.min(total - 1) - start));
+    }
+    Page {
+        ids,
+        previous,
+        total,
+        state,
+    }
 }
 
 fn filter_title(base: &str, app: &App) -> String {
@@ -167,14 +261,13 @@ fn filter_title(base: &str, app: &App) -> String {
 }
 
 fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
-    let ids = app.rows(model);
-    let (range, mut state) = page(app, ids.len(), area);
+    let Page { ids, mut state, .. } = page(app, model, area);
     let local = model
         .info
         .as_ref()
         .map(|i| i.node_id.clone())
         .unwrap_or_default();
-    let rows: Vec<Row> = ids[range]
+    let rows: Vec<Row> = ids
         .iter()
         .filter_map(|id| model.nodes.get(id))
         .map(|node| {
@@ -238,9 +331,23 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
 }
 
 fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
-    let ids = app.rows(model);
-    let (range, mut state) = page(app, ids.len(), area);
-    let rows: Vec<Row> = ids[range]
+    // The selected service's update, on a line of its own: the table's
+    // column has room for the state only.
+    let progress = app
+        .selected_id(model)
+        .and_then(|id| model.services.get(&id))
+        .and_then(|s| Some((s, model.update_progress(s)?)));
+    let area = match progress {
+        Some((service, progress)) => {
+            let [table, line] =
+                Layout::vertical([Constraint::Min(2), Constraint::Length(1)]).areas(area);
+            render_update_progress(frame, line, service, &progress, theme);
+            table
+        }
+        None => area,
+    };
+    let Page { ids, mut state, .. } = page(app, model, area);
+    let rows: Vec<Row> = ids
         .iter()
         .filter_map(|id| model.services.get(id))
         .map(|service| {
@@ -283,10 +390,51 @@ fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
             Constraint::Min(16),
             Constraint::Length(16),
         ],
-        filter_title("Services (Enter: tasks)", app),
+        filter_title("Services (Enter: tasks, i: inspect)", app),
         theme,
     );
     frame.render_stateful_widget(widget, area, &mut state);
+}
+
+fn render_update_progress(
+    frame: &mut Frame,
+    area: Rect,
+    service: &pb::Service,
+    progress: &super::state::UpdateProgress,
+    theme: &Theme,
+) {
+    let name = service
+        .spec
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or_default();
+    let state = pb::UpdateState::try_from(progress.state).ok();
+    let paused = matches!(
+        state,
+        Some(pb::UpdateState::Paused | pb::UpdateState::RollbackPaused)
+    );
+    let style = match state {
+        _ if paused => theme.error,
+        Some(pb::UpdateState::Completed | pb::UpdateState::RollbackCompleted) => theme.ok,
+        _ => theme.warn,
+    };
+    let phase = match state {
+        Some(pb::UpdateState::Updating) => "updating",
+        Some(pb::UpdateState::Paused) => "update paused",
+        Some(pb::UpdateState::Completed) => "update completed",
+        Some(pb::UpdateState::RollbackStarted) => "rolling back",
+        Some(pb::UpdateState::RollbackPaused) => "rollback paused",
+        Some(pb::UpdateState::RollbackCompleted) => "rollback completed",
+        _ => "update state unknown",
+    };
+    let mut text = format!(
+        "{name}: {phase}, {}/{} updated",
+        progress.updated, progress.total
+    );
+    if !progress.message.is_empty() {
+        text.push_str(&format!(": {}", progress.message));
+    }
+    frame.render_widget(Paragraph::new(Span::styled(text, style)), area);
 }
 
 fn render_tasks(
@@ -313,17 +461,18 @@ fn render_tasks(
         .and_then(|s| s.spec.as_ref())
         .map(|s| s.name.clone())
         .unwrap_or_else(|| "(removed)".into());
-    let ids = app.rows(model);
-    let (range, mut state) = page(app, ids.len(), area);
-    // The row before the page decides whether the first row is history.
-    let mut previous_slot = range
-        .start
-        .checked_sub(1)
-        .and_then(|i| model.tasks.get(&ids[i]))
+    let Page {
+        ids,
+        previous,
+        mut state,
+        ..
+    } = page(app, model, area);
+    let mut previous_slot = previous
+        .and_then(|id| model.task(&id))
         .map(super::state::slot_key);
-    let rows: Vec<Row> = ids[range]
+    let rows: Vec<Row> = ids
         .iter()
-        .filter_map(|id| model.tasks.get(id))
+        .filter_map(|id| model.task(id))
         .map(|task| {
             let status = task.status.clone().unwrap_or_default();
             let slot = super::state::slot_key(task);
@@ -393,9 +542,8 @@ fn render_events(
     theme: &Theme,
     now_ms: i64,
 ) {
-    let ids = app.rows(model);
-    let (range, mut state) = page(app, ids.len(), area);
-    let rows: Vec<Row> = ids[range]
+    let Page { ids, mut state, .. } = page(app, model, area);
+    let rows: Vec<Row> = ids
         .iter()
         .filter_map(|i| i.parse::<usize>().ok())
         .filter_map(|i| model.events.get(i))
@@ -419,6 +567,39 @@ fn render_events(
         theme,
     );
     frame.render_stateful_widget(widget, area, &mut state);
+}
+
+/// A locked manager serves nothing until it has its unlock key: the whole
+/// body says so and how to give it.
+fn render_locked(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+    let hostname = model
+        .info
+        .as_ref()
+        .map(|info| info.hostname.clone())
+        .unwrap_or_default();
+    let lines = vec![
+        Line::from(Span::styled(format!("{hostname} is locked"), theme.error)),
+        Line::from(""),
+        Line::from("Autolock is on: this manager's keys are sealed and it serves nothing"),
+        Line::from("until it is given the cluster's unlock key (SWMKEY-1-…)."),
+        Line::from(""),
+        Line::from(vec![
+            Span::raw("Press "),
+            Span::styled("u", theme.warn),
+            Span::raw(" to type the key (it is not shown), then Enter."),
+        ]),
+        Line::from(""),
+        Line::from(Span::styled(
+            "Lost the key? Another unlocked manager shows it with 'shoal swarm unlock-key'.",
+            theme.dim,
+        )),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(Block::default().borders(Borders::TOP).title("Locked")),
+        area,
+    );
 }
 
 fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
@@ -559,10 +740,14 @@ fn render_logs(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &
 }
 
 fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
-    let keys = app.rows(model);
-    let (range, mut state) = page(app, keys.len(), area);
+    let Page {
+        ids,
+        total: count,
+        mut state,
+        ..
+    } = page(app, model, area);
     let problems = super::problems::find(model);
-    let rows: Vec<Row> = keys[range]
+    let rows: Vec<Row> = ids
         .iter()
         .filter_map(|key| problems.iter().find(|p| &p.key() == key))
         .map(|problem| {
@@ -574,7 +759,6 @@ fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
             Row::new(vec![Cell::from(problem.text.clone()).style(style)])
         })
         .collect();
-    let count = keys.len();
     let title = if count == 0 {
         "Problems — none: every node, service and manager is healthy".to_string()
     } else {
@@ -601,7 +785,6 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
         Mode::Command(text) => Line::from(format!(":{text}")),
         Mode::Prompt { kind, input } => Line::from(match kind {
             PromptKind::Scale { .. } => format!("replicas: {input}"),
-            PromptKind::Image { .. } => format!("new image: {input}"),
             PromptKind::UnlockKey => format!("unlock key: {}", "*".repeat(input.chars().count())),
         }),
         Mode::Confirm(action) => Line::from(Span::styled(
@@ -618,8 +801,17 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
     };
     frame.render_widget(Paragraph::new(line), status);
     let hints = match app.view {
-        View::Nodes => "a/p/d avail  +/- role  ^D rm  / filter  ? help  q quit",
-        View::Services => "Enter tasks  l logs  s scale  U update  r rollback  ^D rm  ? help",
+        _ if matches!(app.mode, Mode::UpdateForm(_)) => {
+            "Tab/↑↓ field  ←/→ choose  Enter update  Esc cancel"
+        }
+        _ if matches!(app.mode, Mode::Inspect(_)) => {
+            "j/k scroll  g/G top/end  PgUp/PgDn page  y JSON/pretty  Esc back"
+        }
+        View::Nodes => "Enter inspect  a/p/d avail  +/- role  ^D rm  / filter  ? help  q quit",
+        View::Services => {
+            "Enter tasks  i inspect  l logs  s scale  U update  r rollback  ^D rm  ? help"
+        }
+        View::Tasks => "Enter inspect  j/k move  / filter  1-7 views  ? help  q quit",
         View::Logs => "f pause/follow  t time  / search  g/G oldest/newest  ? help  q quit",
         View::Problems => "Enter jump  j/k move  / filter  ? help  q quit",
         _ => "1-7 views  j/k move  / filter  ? help  q quit",
@@ -627,15 +819,128 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
     frame.render_widget(Paragraph::new(hints).style(theme.dim), keys);
 }
 
-fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
-    let width = area.width.min(76);
-    let height = (KEYS.len() as u16 + 3).min(area.height);
-    let popup = Rect {
+/// A box of `width` x `height` in the middle of `area`, clipped to it.
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let width = width.min(area.width);
+    let height = height.min(area.height);
+    Rect {
         x: area.x + (area.width - width) / 2,
         y: area.y + (area.height - height) / 2,
         width,
         height,
+    }
+}
+
+fn render_update_form(
+    frame: &mut Frame,
+    area: Rect,
+    form: &UpdateForm,
+    model: &Model,
+    theme: &Theme,
+) {
+    let name = model
+        .services
+        .get(&form.service)
+        .and_then(|s| s.spec.as_ref())
+        .map_or_else(|| short(&form.service).to_string(), |s| s.name.clone());
+    let label_style = |field: FormField| {
+        let erring = form.error.as_ref().is_some_and(|(f, _)| *f == field);
+        match (form.focus == field, erring) {
+            (_, true) => theme.error,
+            (true, false) => Style::default().add_modifier(Modifier::BOLD),
+            (false, false) => theme.dim,
+        }
     };
+    let text = |field: FormField, value: &str, hint: &str| {
+        let focused = form.focus == field;
+        let mut spans = vec![
+            Span::styled(format!(" {:<13}", field.label()), label_style(field)),
+            Span::styled(
+                // The cursor: typing goes to the end of the field.
+                format!("{value}{}", if focused { "▏" } else { "" }),
+                if focused { theme.selected } else { theme.text },
+            ),
+        ];
+        if !hint.is_empty() {
+            spans.push(Span::styled(format!("  {hint}"), theme.dim));
+        }
+        Line::from(spans)
+    };
+    let choice = |field: FormField, options: Vec<(&'static str, bool)>| {
+        let focused = form.focus == field;
+        let mut spans = vec![Span::styled(
+            format!(" {:<13}", field.label()),
+            label_style(field),
+        )];
+        for (option, chosen) in options {
+            spans.push(if chosen {
+                Span::styled(
+                    format!("‹{option}›"),
+                    if focused { theme.selected } else { theme.ok },
+                )
+            } else {
+                Span::styled(format!(" {option} "), theme.dim)
+            });
+            spans.push(Span::raw(" "));
+        }
+        Line::from(spans)
+    };
+    let mut lines = vec![
+        text(FormField::Image, &form.image, ""),
+        text(
+            FormField::Parallelism,
+            &form.parallelism,
+            "tasks at once, 0 = all",
+        ),
+        text(FormField::Delay, &form.delay, "between batches: 5s, 1m30s"),
+        choice(
+            FormField::FailureAction,
+            FAILURE_ACTIONS
+                .iter()
+                .map(|a| {
+                    (
+                        super::inspect::failure_action_name(*a as i32),
+                        *a == form.failure_action,
+                    )
+                })
+                .collect(),
+        ),
+        choice(
+            FormField::Order,
+            ORDERS
+                .iter()
+                .map(|o| (super::inspect::order_name(*o as i32), *o == form.order))
+                .collect(),
+        ),
+        Line::from(""),
+    ];
+    lines.push(match &form.error {
+        Some((_, message)) => Line::from(Span::styled(format!(" {message}"), theme.error)),
+        None => Line::from(Span::styled(
+            " Enter starts the update; Esc leaves the service as it is.",
+            theme.dim,
+        )),
+    });
+    // The error wraps on a narrow terminal: the box grows to show it.
+    let inner = area.width.min(76).saturating_sub(2).max(1) as usize;
+    let wrapped = form.error.as_ref().map_or(0, |(_, m)| {
+        (m.chars().count() + 1).div_ceil(inner).saturating_sub(1)
+    });
+    let popup = centered(area, 76, (lines.len() + wrapped) as u16 + 2);
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_style(theme.border)
+                .title(format!("Rolling update of {name}")),
+        ),
+        popup,
+    );
+}
+
+fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
+    let popup = centered(area, 90, KEYS.len() as u16 + 3);
     let rows: Vec<Row> = KEYS
         .iter()
         .map(|(keys, scope, what)| Row::new(vec![*keys, *scope, *what]))
@@ -644,7 +949,7 @@ fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
         rows,
         [
             Constraint::Length(11),
-            Constraint::Length(9),
+            Constraint::Length(11),
             Constraint::Min(10),
         ],
     )
