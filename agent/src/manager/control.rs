@@ -131,6 +131,68 @@ where
     Err(last.unwrap_or_else(|| Status::aborted("too many concurrent changes: retry")))
 }
 
+/// Refuses a write based on `version` when the service has changed since
+/// (0 names no version: the caller accepts whatever is current).
+fn check_service_version(current: &Service, version: u64) -> Result<(), Status> {
+    if version != 0 && version != current.meta.version {
+        return Err(Status::aborted(format!(
+            "service {} was changed by someone else (version {} is now {}): read it again and \
+             retry",
+            current.spec.name, version, current.meta.version
+        )));
+    }
+    Ok(())
+}
+
+/// `service` with its update or rollback paused as the update supervisor
+/// pauses one on failure: it then replaces no more tasks until the
+/// service is updated again.
+fn paused_update(service: &Service, now: i64) -> Result<Service, Status> {
+    let name = &service.spec.name;
+    let status = service.update_status.as_ref();
+    let paused = match status.map(|s| s.state) {
+        Some(UpdateState::Updating) => UpdateState::Paused,
+        Some(UpdateState::RollbackStarted) => UpdateState::RollbackPaused,
+        Some(UpdateState::Paused | UpdateState::RollbackPaused) => {
+            return Err(Status::failed_precondition(format!(
+                "service {name}: its update is already paused; resume it by updating the service"
+            )));
+        }
+        _ => {
+            return Err(Status::failed_precondition(format!(
+                "service {name} has no update in progress to pause"
+            )));
+        }
+    };
+    let mut updated = service.clone();
+    updated.update_status = Some(UpdateStatus {
+        state: paused,
+        // A pause does not restart the update: it still began when it
+        // began, as when the supervisor pauses one on failure.
+        started_at: status.map_or(now, |s| s.started_at),
+        completed_at: 0,
+        message: "paused by the operator".into(),
+    });
+    updated.meta.updated_at = now;
+    Ok(updated)
+}
+
+/// The service as written at `version`, with its replica counts, for an
+/// update's answer.
+fn written_service(manager: &ManagerRuntime, service: Service, version: u64) -> pb::Service {
+    let tables = manager.store.read();
+    let mut service = tables
+        .services
+        .get(&service.meta.id)
+        .map(|s| (**s).clone())
+        .unwrap_or(service);
+    if service.meta.version < version {
+        service.meta.version = version;
+    }
+    let (running, desired) = replica_counts(&tables, &service);
+    service_to_pb(&service, running, desired)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -643,6 +705,32 @@ impl Control for ControlService {
     ) -> Result<Response<pb::UpdateServiceResponse>, Status> {
         let manager = self.manager_for(&request).await?;
         let r = request.into_inner();
+        if r.pause {
+            if r.spec.is_some() || r.rollback {
+                return Err(Status::invalid_argument(
+                    "pause takes no spec and no rollback: it only pauses the update in progress",
+                ));
+            }
+            // The update supervisor writes the service too (update status),
+            // so a pause that lost that race is tried again on a fresh read.
+            let (service, version) = with_conflict_retry(|| async {
+                let service = {
+                    let tables = manager.store.read();
+                    let current = tables.find_service(&r.service)?;
+                    check_service_version(&current, r.version)?;
+                    paused_update(&current, now_ms())?
+                };
+                let version = manager
+                    .propose(Transaction::new(now_ms()).update(service.clone()))
+                    .await?;
+                Ok((service, version))
+            })
+            .await?;
+            tracing::info!(service = %service.spec.name, "update paused by the operator");
+            return Ok(Response::new(pb::UpdateServiceResponse {
+                service: Some(written_service(&manager, service, version)),
+            }));
+        }
         let wanted = match &r.spec {
             Some(spec) if !r.rollback => Some(
                 ServiceSpec::try_from(spec).map_err(|e| Status::invalid_argument(e.to_string()))?,
@@ -657,13 +745,7 @@ impl Control for ControlService {
         let service = {
             let tables = manager.store.read();
             let current = tables.find_service(&r.service)?;
-            if r.version != 0 && r.version != current.meta.version {
-                return Err(Status::aborted(format!(
-                    "service {} was changed by someone else (version {} is now {}): read it \
-                     again and retry",
-                    current.spec.name, r.version, current.meta.version
-                )));
-            }
+            check_service_version(&current, r.version)?;
             let mut service = (*current).clone();
             let now = now_ms();
             match wanted {
@@ -725,18 +807,8 @@ impl Control for ControlService {
         let version = manager
             .propose(Transaction::new(now_ms()).update(service.clone()))
             .await?;
-        let tables = manager.store.read();
-        let mut service = tables
-            .services
-            .get(&service.meta.id)
-            .map(|s| (**s).clone())
-            .unwrap_or(service);
-        if service.meta.version < version {
-            service.meta.version = version;
-        }
-        let (running, desired) = replica_counts(&tables, &service);
         Ok(Response::new(pb::UpdateServiceResponse {
-            service: Some(service_to_pb(&service, running, desired)),
+            service: Some(written_service(&manager, service, version)),
         }))
     }
 

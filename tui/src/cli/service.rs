@@ -779,6 +779,7 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                     version: current.meta.as_ref().map(|m| m.version).unwrap_or(0),
                     spec: None,
                     rollback: true,
+                    pause: false,
                 })
                 .await
                 .map_err(rpc)?
@@ -833,6 +834,7 @@ async fn change_service(
                 version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
                 spec: Some(spec),
                 rollback: false,
+                pause: false,
             })
             .await;
         match result {
