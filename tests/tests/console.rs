@@ -98,6 +98,27 @@ fn d_drains_a_node_after_confirmation_and_a_activates_it() -> Result<()> {
 }
 
 #[test]
+fn space_marks_nodes_and_one_drain_takes_them_all() -> Result<()> {
+    let cluster = Cluster::start(1, 2, Executor::Process)?;
+    let terminal = console_on(cluster.agent("m1"), "bulk")?;
+    terminal.keys(&["1"])?;
+    terminal.wait_for("w2", SCREEN)?;
+    // Rows are sorted by hostname: m1, w1, w2. Space marks and moves on.
+    terminal.keys(&["j", "Space", "Space"])?;
+    terminal.wait_for("2 marked", SCREEN)?;
+    terminal.keys(&["d"])?;
+    terminal.wait_for("Set w1, w2 to drain?", SCREEN)?;
+    terminal.keys(&["y"])?;
+    wait_until(CLUSTER, || {
+        Ok(node_field(&cluster, "w1", "availability")? == "drain"
+            && node_field(&cluster, "w2", "availability")? == "drain")
+    })?;
+    assert_eq!(node_field(&cluster, "m1", "availability")?, "active");
+    terminal.wait_for("done: set w1, w2 to drain", SCREEN)?;
+    Ok(())
+}
+
+#[test]
 fn minus_demotes_and_plus_promotes_a_manager() -> Result<()> {
     let cluster = Cluster::start(3, 0, Executor::Process)?;
     let terminal = console_on(cluster.agent("m1"), "roles")?;

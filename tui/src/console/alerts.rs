@@ -70,11 +70,26 @@ pub fn terminal_sequence(
         }
         TerminalNotification::Auto | TerminalNotification::Off => return None,
     };
-    Some(if in_tmux {
+    Some(through_tmux(sequence, in_tmux))
+}
+
+/// Wraps an escape sequence so tmux hands it to the outer terminal (with
+/// `set -g allow-passthrough on`).
+pub fn through_tmux(sequence: String, in_tmux: bool) -> String {
+    if in_tmux {
         format!("\x1bPtmux;{}\x1b\\", sequence.replace('\x1b', "\x1b\x1b"))
     } else {
         sequence
-    })
+    }
+}
+
+/// OSC 52: the terminal puts `text` on the clipboard. It travels with the
+/// output, so it works over SSH, where the console's host has no
+/// clipboard of the operator's.
+pub fn clipboard_sequence(text: &str, in_tmux: bool) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+    through_tmux(format!("\x1b]52;c;{encoded}\x07"), in_tmux)
 }
 
 impl Alerter {

@@ -3,6 +3,7 @@
 //! here; the key table also feeds the help screen, so the two never
 //! disagree.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use shoal_proto::v1 as pb;
 
 use super::inspect::Object;
-use super::state::Model;
+use super::keymap::{Command, Keymap};
+use super::state::{Level, Model};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
@@ -61,7 +63,14 @@ pub enum Action {
     /// it shows).
     FollowLogs {
         service: String,
+        window: LogWindow,
     },
+    /// Write the lines the logs view shows to a file.
+    SaveLogs,
+    /// Fetch the join commands for the cluster view.
+    FetchTokens,
+    /// The same change to several rows (the marked ones), one after another.
+    Many(Vec<Action>),
     Scale {
         service: String,
         replicas: u64,
@@ -72,6 +81,13 @@ pub enum Action {
         rollout: Rollout,
     },
     Rollback {
+        service: String,
+    },
+    PauseUpdate {
+        service: String,
+    },
+    /// Sends the service's spec again, which resumes a paused update.
+    ResumeUpdate {
         service: String,
     },
     RemoveService {
@@ -94,16 +110,37 @@ pub enum Action {
 }
 
 impl Action {
+    /// One action, or several as one; None for none.
+    pub fn many(mut actions: Vec<Action>) -> Option<Action> {
+        match actions.len() {
+            0 => None,
+            1 => actions.pop(),
+            _ => Some(Action::Many(actions)),
+        }
+    }
+
+    /// The name of the node or service the action is about.
+    fn target_name(&self, model: &Model) -> String {
+        match self {
+            Action::Scale { service, .. }
+            | Action::Update { service, .. }
+            | Action::Rollback { service }
+            | Action::PauseUpdate { service }
+            | Action::ResumeUpdate { service }
+            | Action::RemoveService { service }
+            | Action::FollowLogs { service, .. } => model.service_name(service),
+            Action::Availability { node, .. }
+            | Action::Role { node, .. }
+            | Action::RemoveNode { node } => model.hostname(node),
+            Action::Unlock { .. } | Action::SaveLogs | Action::FetchTokens | Action::Many(_) => {
+                String::new()
+            }
+        }
+    }
+
     /// What the action does, for confirmations and the status line.
     pub fn describe(&self, model: &Model) -> String {
-        let service = |id: &str| {
-            model
-                .services
-                .get(id)
-                .and_then(|s| s.spec.as_ref())
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| id.to_string())
-        };
+        let service = |id: &str| model.service_name(id);
         match self {
             Action::Scale {
                 service: s,
@@ -128,6 +165,22 @@ impl Action {
                 super::inspect::failure_action_name(rollout.failure_action as i32),
             ),
             Action::Rollback { service: s } => format!("roll back {}", service(s)),
+            Action::PauseUpdate { service: s } => format!("pause the update of {}", service(s)),
+            Action::ResumeUpdate { service: s } => {
+                format!("resume the update of {}", service(s))
+            }
+            Action::SaveLogs => "save the logs shown".to_string(),
+            Action::FetchTokens => "fetch the join tokens".to_string(),
+            Action::Many(actions) => {
+                let Some(first) = actions.first() else {
+                    return "nothing".to_string();
+                };
+                // "set n1 to drain" for each → "set n1, n2, n3 to drain".
+                let names: Vec<String> = actions.iter().map(|a| a.target_name(model)).collect();
+                first
+                    .describe(model)
+                    .replacen(&first.target_name(model), &names.join(", "), 1)
+            }
             Action::RemoveService { service: s } => format!("remove service {}", service(s)),
             Action::Availability { node, availability } => format!(
                 "set {} to {}",
@@ -140,7 +193,9 @@ impl Action {
             },
             Action::RemoveNode { node } => format!("remove node {}", model.hostname(node)),
             Action::Unlock { .. } => "unlock this manager".to_string(),
-            Action::FollowLogs { service: s } => format!("logs of {}", service(s)),
+            Action::FollowLogs { service: s, window } => {
+                format!("logs of {}, {}", service(s), window.label)
+            }
         }
     }
 }
@@ -308,7 +363,10 @@ impl UpdateForm {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PromptKind {
-    Scale { service: String },
+    /// Scale these services (the marked ones, or the selected) to one count.
+    Scale {
+        services: Vec<String>,
+    },
     UnlockKey,
 }
 
@@ -334,58 +392,84 @@ pub enum Mode {
     Help,
 }
 
-/// One line of the help screen: keys, where they apply, what they do.
-pub const KEYS: &[(&str, &str, &str)] = &[
-    (
-        "1-7 / Tab",
-        "any",
-        "nodes services tasks logs events cluster problems",
-    ),
-    (
-        ":name",
-        "any",
-        "jump to a view by name (:nodes, :logs, :pro...)",
-    ),
-    ("j k / ↓ ↑", "tables", "move the selection"),
-    ("g G", "tables", "first / last row (logs: oldest / newest)"),
-    ("/", "any", "filter rows or search logs (Esc clears)"),
-    ("Enter", "services", "show the service's tasks"),
-    ("Enter", "problems", "jump to the object"),
-    ("Enter", "nodes/tasks", "inspect the node or task"),
-    (
-        "i",
-        "n/svc/tasks",
-        "inspect: pretty, y for JSON, j/k g/G scroll, Esc back",
-    ),
-    ("l", "services", "follow the service's logs"),
-    ("s", "services", "scale"),
-    (
-        "U",
-        "services",
-        "update image, parallelism, delay, on-failure, order",
-    ),
-    (
-        "Tab ↑↓ ←→",
-        "update form",
-        "next/previous field, choose; Enter sends, Esc cancels",
-    ),
-    ("r", "services", "roll back to the previous spec"),
-    ("Ctrl-D", "svc/nodes", "remove (asks first)"),
-    ("a p d", "nodes", "activate, pause, drain"),
-    ("+ -", "nodes", "promote, demote"),
-    ("f t", "logs", "pause/follow, timestamps"),
-    ("u", "any", "unlock a locked manager"),
-    ("M", "any", "mute or unmute alerts beyond the status line"),
-    ("?", "any", "this help"),
-    ("q / Ctrl-C", "any", "quit"),
+/// How far back the logs view reaches: the stream is restarted with
+/// these options when the operator picks another window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogWindow {
+    pub label: &'static str,
+    /// Lines per task from the end; negative for all.
+    pub tail: i64,
+    /// How far back from now; zero for no bound.
+    pub since: Duration,
+}
+
+pub const LOG_WINDOWS: [LogWindow; 6] = [
+    LogWindow {
+        label: "last 200 lines per task",
+        tail: 200,
+        since: Duration::ZERO,
+    },
+    LogWindow {
+        label: "since 1m",
+        tail: -1,
+        since: Duration::from_secs(60),
+    },
+    LogWindow {
+        label: "since 5m",
+        tail: -1,
+        since: Duration::from_secs(300),
+    },
+    LogWindow {
+        label: "since 15m",
+        tail: -1,
+        since: Duration::from_secs(900),
+    },
+    LogWindow {
+        label: "since 1h",
+        tail: -1,
+        since: Duration::from_secs(3600),
+    },
+    LogWindow {
+        label: "everything kept",
+        tail: -1,
+        since: Duration::ZERO,
+    },
+];
+
+/// A view's sort: which of its columns, which way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sort {
+    pub column: usize,
+    pub reverse: bool,
+}
+
+/// The columns rows can be sorted by, per view; the first is the default.
+pub fn sort_columns(view: View) -> &'static [&'static str] {
+    match view {
+        View::Nodes => &["hostname", "status", "availability", "manager", "tasks"],
+        View::Services => &["name", "replicas", "image", "mode", "update"],
+        _ => &[],
+    }
+}
+
+/// Which events the events view shows.
+pub const EVENT_LEVELS: [(&str, Level); 3] = [
+    ("all", Level::Info),
+    ("warnings and errors", Level::Warn),
+    ("errors", Level::Error),
 ];
 
 pub struct App {
     pub view: View,
     /// Selected row per view.
     pub selected: [usize; 7],
+    /// Sort per view.
+    pub sort: [Sort; 7],
     pub filter: String,
+    /// Rows marked for a bulk action, in the current view.
+    pub marks: BTreeSet<String>,
     pub mode: Mode,
+    pub keymap: Keymap,
     /// The service whose tasks the tasks view shows.
     pub focus_service: Option<String>,
     /// The service whose logs the logs view shows.
@@ -393,6 +477,15 @@ pub struct App {
     /// Logs view: frozen at this line count (paused), or following.
     pub logs_paused_at: Option<u64>,
     pub logs_timestamps: bool,
+    pub logs_wrap: bool,
+    /// Index into [`LOG_WINDOWS`].
+    pub logs_window: usize,
+    /// Index into [`EVENT_LEVELS`].
+    pub events_level: usize,
+    /// The join commands, while the cluster view shows them.
+    pub tokens: Option<Tokens>,
+    /// Text to put on the operator's clipboard (OSC 52) at the next frame.
+    pub clipboard: Option<String>,
     /// The last action's outcome: (text, is error).
     pub status: Option<(String, bool)>,
     pub quit: bool,
@@ -401,17 +494,32 @@ pub struct App {
     pub screen_height: u16,
 }
 
+/// The join commands, as `swarm join-token` prints them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    pub worker: String,
+    pub manager: String,
+}
+
 impl Default for App {
     fn default() -> Self {
         App {
             view: View::Services,
             selected: [0; 7],
+            sort: [Sort::default(); 7],
             filter: String::new(),
+            marks: BTreeSet::new(),
             mode: Mode::Normal,
+            keymap: Keymap::default(),
             focus_service: None,
             logs_service: None,
             logs_paused_at: None,
             logs_timestamps: false,
+            logs_wrap: false,
+            logs_window: 0,
+            events_level: 0,
+            tokens: None,
+            clipboard: None,
             status: None,
             quit: false,
             screen_height: 24,
@@ -435,6 +543,11 @@ impl App {
     fn switch(&mut self, view: View) {
         self.view = view;
         self.filter.clear();
+        self.marks.clear();
+    }
+
+    pub fn sort_of(&self, view: View) -> Sort {
+        self.sort[index(view)]
     }
 
     /// How many rows the current view shows, filtered.
@@ -516,40 +629,93 @@ impl App {
         // more than drawing: skip it.
         let keep = |text: String| text.to_lowercase().contains(&filter);
         match self.view {
-            View::Nodes => model
-                .nodes
-                .iter()
-                .filter(|(id, n)| {
-                    filter.is_empty()
-                        || keep(format!(
-                            "{id} {}",
-                            n.description
-                                .as_ref()
-                                .map(|d| d.hostname.as_str())
-                                .unwrap_or("")
-                        ))
-                })
-                .map(|(id, _)| id.clone())
-                .collect(),
+            View::Nodes => {
+                let mut nodes: Vec<(&String, &pb::Node)> = model
+                    .nodes
+                    .iter()
+                    .filter(|(id, n)| {
+                        filter.is_empty()
+                            || keep(format!(
+                                "{id} {}",
+                                n.description
+                                    .as_ref()
+                                    .map(|d| d.hostname.as_str())
+                                    .unwrap_or("")
+                            ))
+                    })
+                    .collect();
+                let sort = self.sort_of(View::Nodes);
+                let hostname = |n: &pb::Node| {
+                    n.description
+                        .as_ref()
+                        .map(|d| d.hostname.clone())
+                        .unwrap_or_default()
+                };
+                // Hostname breaks ties, so equal keys keep a stable order.
+                nodes.sort_by_cached_key(|(id, n)| {
+                    let key = match sort.column {
+                        1 => n.status.as_ref().map_or(0, |s| s.state).to_string(),
+                        2 => n.spec.as_ref().map_or(0, |s| s.availability).to_string(),
+                        3 => crate::cli::output::manager_status_name(n)
+                            .unwrap_or("~")
+                            .to_string(),
+                        4 => format!("{:012}", model.running_on(id)),
+                        _ => String::new(),
+                    };
+                    (key, hostname(n))
+                });
+                if sort.reverse {
+                    nodes.reverse();
+                }
+                nodes.into_iter().map(|(id, _)| id.clone()).collect()
+            }
             View::Services => {
-                let mut services: Vec<(&String, &pb::Service)> = model.services.iter().collect();
-                let name =
-                    |s: &pb::Service| s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                services.sort_by_key(|(_, s)| name(s));
-                services
-                    .into_iter()
+                let mut services: Vec<(&String, &pb::Service)> = model
+                    .services
+                    .iter()
                     .filter(|(_, s)| {
                         filter.is_empty()
-                            || keep(format!("{} {}", name(s), super::view::image_of(s)))
+                            || keep(format!(
+                                "{} {}",
+                                s.spec.as_ref().map_or("", |s| s.name.as_str()),
+                                super::view::image_of(s)
+                            ))
                     })
-                    .map(|(id, _)| id.clone())
-                    .collect()
+                    .collect();
+                let sort = self.sort_of(View::Services);
+                services.sort_by_cached_key(|(_, s)| {
+                    let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    let key = match sort.column {
+                        // Least converged first: what needs a look.
+                        1 => {
+                            let (running, desired) = model.replicas(s);
+                            format!(
+                                "{:012}",
+                                (running * 1000).checked_div(desired).unwrap_or(1000)
+                            )
+                        }
+                        2 => super::view::image_of(s),
+                        3 => s.spec.as_ref().map_or(0, |s| s.mode).to_string(),
+                        4 => s
+                            .update_status
+                            .as_ref()
+                            .map(|u| u.state.to_string())
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    (key, name)
+                });
+                if sort.reverse {
+                    services.reverse();
+                }
+                services.into_iter().map(|(id, _)| id.clone()).collect()
             }
             View::Tasks => match &self.focus_service {
                 Some(service) => self.task_rows(model, service).map(str::to_string).collect(),
                 None => Vec::new(),
             },
             View::Events => (0..model.events.len())
+                .filter(|i| model.events[*i].level >= EVENT_LEVELS[self.events_level].1)
                 .filter(|i| filter.is_empty() || keep(model.events[*i].text.clone()))
                 .map(|i| i.to_string())
                 .collect(),
@@ -645,7 +811,10 @@ impl App {
                 }
             },
             Mode::Confirm(action) => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => Some(action),
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    self.marks.clear();
+                    Some(action)
+                }
                 _ => {
                     self.status = Some(("cancelled".into(), false));
                     None
@@ -656,10 +825,21 @@ impl App {
 
     fn submit_prompt(&mut self, kind: PromptKind, input: String) -> Option<Action> {
         match kind {
-            PromptKind::Scale { service } => match input.parse::<u64>() {
-                Ok(replicas) => Some(Action::Scale { service, replicas }),
+            PromptKind::Scale { services } => match input.parse::<u64>() {
+                Ok(replicas) => {
+                    self.marks.clear();
+                    Action::many(
+                        services
+                            .into_iter()
+                            .map(|service| Action::Scale { service, replicas })
+                            .collect(),
+                    )
+                }
                 Err(_) => {
-                    self.status = Some((format!("{input:?} is not a number of replicas"), true));
+                    self.status = Some((
+                        format!("{input:?} is not a number of replicas: type a whole number"),
+                        true,
+                    ));
                     None
                 }
             },
@@ -668,56 +848,154 @@ impl App {
         }
     }
 
-    fn normal_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {
-        let scrolls_logs = matches!(
-            key.code,
-            KeyCode::Char('j' | 'k' | 'g' | 'G' | 'f' | 't')
-                | KeyCode::Up
-                | KeyCode::Down
-                | KeyCode::Home
-                | KeyCode::End
-        );
-        if self.view == View::Logs && scrolls_logs {
-            self.logs_key(key, model);
-            return None;
+    /// The rows an action applies to: the marked ones, or the selected.
+    fn targets(&self, model: &Model) -> Vec<String> {
+        if self.marks.is_empty() {
+            self.selected_id(model).into_iter().collect()
+        } else {
+            self.marks.iter().cloned().collect()
         }
+    }
+
+    fn normal_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {
+        let command = self.keymap.command(&key, self.view)?;
         let rows = self.row_count(model);
         let last = rows.saturating_sub(1);
-        match key.code {
-            KeyCode::Char('q') => self.quit = true,
-            KeyCode::Char('?') => self.mode = Mode::Help,
-            KeyCode::Char('/') => self.mode = Mode::Filter,
-            KeyCode::Char(':') => self.mode = Mode::Command(String::new()),
-            KeyCode::Esc => self.filter.clear(),
-            KeyCode::Char(c @ '1'..='7') => {
-                let i = c as usize - '1' as usize;
-                self.switch(View::ALL[i]);
+        let page = usize::from(self.screen_height.saturating_sub(6)).max(1);
+        if self.view == View::Logs
+            && let Some(action) = self.logs_command(command, model)
+        {
+            return action;
+        }
+        match command {
+            Command::Quit => self.quit = true,
+            Command::Help => self.mode = Mode::Help,
+            Command::Filter => self.mode = Mode::Filter,
+            Command::CommandLine => self.mode = Mode::Command(String::new()),
+            Command::Back => {
+                self.filter.clear();
+                self.marks.clear();
             }
-            KeyCode::Tab => {
+            Command::Show(view) => self.switch(view),
+            Command::NextView => {
                 let next = (index(self.view) + 1) % View::ALL.len();
                 self.switch(View::ALL[next]);
             }
-            KeyCode::BackTab => {
+            Command::PreviousView => {
                 let next = (index(self.view) + View::ALL.len() - 1) % View::ALL.len();
                 self.switch(View::ALL[next]);
             }
-            KeyCode::Char('j') | KeyCode::Down => {
-                self.set_selected((self.selected() + 1).min(last))
-            }
-            KeyCode::Char('k') | KeyCode::Up => {
-                self.set_selected(self.selected().saturating_sub(1))
-            }
-            KeyCode::Char('g') | KeyCode::Home => self.set_selected(0),
-            KeyCode::Char('G') | KeyCode::End => self.set_selected(last),
-            KeyCode::Char('u') => {
+            Command::Down => self.set_selected((self.selected() + 1).min(last)),
+            Command::Up => self.set_selected(self.selected().saturating_sub(1)),
+            Command::PageDown => self.set_selected((self.selected() + page).min(last)),
+            Command::PageUp => self.set_selected(self.selected().saturating_sub(page)),
+            Command::First => self.set_selected(0),
+            Command::Last => self.set_selected(last),
+            Command::Unlock => {
                 self.mode = Mode::Prompt {
                     kind: PromptKind::UnlockKey,
                     input: String::new(),
                 }
             }
-            _ => return self.view_key(key, model),
+            Command::Mark => {
+                let id = self.selected_id(model)?;
+                if !self.marks.remove(&id) {
+                    self.marks.insert(id);
+                }
+                self.set_selected((self.selected() + 1).min(last));
+            }
+            Command::MarkAll => {
+                if self.marks.is_empty() {
+                    self.marks = self.rows(model).into_iter().collect();
+                } else {
+                    self.marks.clear();
+                }
+            }
+            Command::Sort | Command::SortReverse => {
+                let columns = sort_columns(self.view);
+                let sort = &mut self.sort[index(self.view)];
+                if command == Command::Sort {
+                    sort.column = (sort.column + 1) % columns.len().max(1);
+                } else {
+                    sort.reverse = !sort.reverse;
+                }
+                let column = columns.get(sort.column).copied().unwrap_or("");
+                let way = if sort.reverse {
+                    "descending"
+                } else {
+                    "ascending"
+                };
+                self.status = Some((format!("sorted by {column}, {way}"), false));
+            }
+            Command::CopyId => {
+                let id = self.selected_id(model)?;
+                self.status = Some((format!("copied {id} to the clipboard (OSC 52)"), false));
+                self.clipboard = Some(id);
+            }
+            Command::Level => {
+                self.events_level = (self.events_level + 1) % EVENT_LEVELS.len();
+                self.set_selected(0);
+            }
+            Command::Tokens => {
+                if self.tokens.take().is_none() {
+                    return Some(Action::FetchTokens);
+                }
+            }
+            _ => return self.object_command(command, model),
         }
         None
+    }
+
+    /// The logs view's own meanings of keys. None when the command means
+    /// what it means everywhere; Some(action) when it was handled here.
+    fn logs_command(&mut self, command: Command, model: &Model) -> Option<Option<Action>> {
+        let oldest = model.logs_received - model.logs.len() as u64;
+        match command {
+            Command::FollowPause => {
+                self.logs_paused_at = match self.logs_paused_at {
+                    Some(_) => None,
+                    None => Some(model.logs_received),
+                }
+            }
+            Command::Timestamps => self.logs_timestamps = !self.logs_timestamps,
+            Command::Wrap => self.logs_wrap = !self.logs_wrap,
+            Command::Last => self.logs_paused_at = None,
+            Command::Up | Command::PageUp => {
+                let by = if command == Command::Up {
+                    1
+                } else {
+                    u64::from(self.screen_height.saturating_sub(6)).max(1)
+                };
+                let at = self.logs_paused_at.unwrap_or(model.logs_received);
+                self.logs_paused_at = Some(at.saturating_sub(by).max(oldest + 1).max(1));
+            }
+            Command::Down | Command::PageDown => {
+                let by = if command == Command::Down {
+                    1
+                } else {
+                    u64::from(self.screen_height.saturating_sub(6)).max(1)
+                };
+                if let Some(at) = self.logs_paused_at {
+                    self.logs_paused_at = (at + by < model.logs_received).then_some(at + by);
+                }
+            }
+            Command::First => self.logs_paused_at = Some(oldest + 1),
+            Command::Since => {
+                let service = self.logs_service.clone()?;
+                self.logs_window = (self.logs_window + 1) % LOG_WINDOWS.len();
+                self.logs_paused_at = None;
+                return Some(Some(Action::FollowLogs {
+                    service,
+                    window: LOG_WINDOWS[self.logs_window],
+                }));
+            }
+            Command::SaveLogs => {
+                self.logs_service.as_ref()?;
+                return Some(Some(Action::SaveLogs));
+            }
+            _ => return None,
+        }
+        Some(None)
     }
 
     fn inspect_key(&mut self, key: KeyEvent, mut pane: Pane, model: &Model) {
@@ -725,19 +1003,22 @@ impl App {
         // The clock only changes ages within lines, never how many.
         let lines = super::inspect::lines(model, &pane.object, pane.json, 0).len();
         let last_page = lines.saturating_sub(page);
-        match key.code {
-            KeyCode::Esc | KeyCode::Char('q') => return,
-            KeyCode::Char('y') => {
-                pane.json = !pane.json;
-                pane.scroll = 0;
+        if key.code == KeyCode::Char('y') {
+            pane.json = !pane.json;
+            pane.scroll = 0;
+        } else if key.code == KeyCode::Char(' ') {
+            pane.scroll += page;
+        } else {
+            match self.keymap.command(&key, View::Nodes) {
+                Some(Command::Back | Command::Quit) => return,
+                Some(Command::Down) => pane.scroll += 1,
+                Some(Command::Up) => pane.scroll = pane.scroll.saturating_sub(1),
+                Some(Command::PageDown) => pane.scroll += page,
+                Some(Command::PageUp) => pane.scroll = pane.scroll.saturating_sub(page),
+                Some(Command::First) => pane.scroll = 0,
+                Some(Command::Last) => pane.scroll = last_page,
+                _ => {}
             }
-            KeyCode::Char('j') | KeyCode::Down => pane.scroll += 1,
-            KeyCode::Char('k') | KeyCode::Up => pane.scroll = pane.scroll.saturating_sub(1),
-            KeyCode::PageDown | KeyCode::Char(' ') => pane.scroll += page,
-            KeyCode::PageUp => pane.scroll = pane.scroll.saturating_sub(page),
-            KeyCode::Char('g') | KeyCode::Home => pane.scroll = 0,
-            KeyCode::Char('G') | KeyCode::End => pane.scroll = last_page,
-            _ => {}
         }
         pane.scroll = pane.scroll.min(last_page);
         self.mode = Mode::Inspect(pane);
@@ -789,117 +1070,139 @@ impl App {
         });
     }
 
-    fn logs_key(&mut self, key: KeyEvent, model: &Model) {
-        match key.code {
-            KeyCode::Char('f') => {
-                self.logs_paused_at = match self.logs_paused_at {
-                    Some(_) => None,
-                    None => Some(model.logs_received),
-                }
-            }
-            KeyCode::Char('t') => self.logs_timestamps = !self.logs_timestamps,
-            KeyCode::Char('G') | KeyCode::End => self.logs_paused_at = None,
-            KeyCode::Char('k') | KeyCode::Up => {
-                let at = self.logs_paused_at.unwrap_or(model.logs_received);
-                self.logs_paused_at = Some(at.saturating_sub(1).max(1));
-            }
-            KeyCode::Char('j') | KeyCode::Down => {
-                if let Some(at) = self.logs_paused_at {
-                    self.logs_paused_at = (at + 1 < model.logs_received).then_some(at + 1);
-                }
-            }
-            KeyCode::Char('g') | KeyCode::Home => {
-                let oldest = model.logs_received - model.logs.len() as u64;
-                self.logs_paused_at = Some(oldest + 1);
-            }
-            _ => {}
-        }
+    fn follow_logs(&mut self, service: String) -> Option<Action> {
+        self.logs_service = Some(service.clone());
+        self.logs_paused_at = None;
+        self.switch(View::Logs);
+        Some(Action::FollowLogs {
+            service,
+            window: LOG_WINDOWS[self.logs_window],
+        })
     }
 
-    fn view_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {
+    /// Commands on the selected (or marked) nodes, services and tasks.
+    fn object_command(&mut self, command: Command, model: &Model) -> Option<Action> {
         let id = self.selected_id(model)?;
-        match (self.view, key.code) {
-            (View::Services, KeyCode::Enter) => {
+        let targets = self.targets(model);
+        let nodes = |make: &dyn Fn(String) -> Action| {
+            Action::many(targets.iter().cloned().map(make).collect())
+        };
+        match (self.view, command) {
+            (View::Services, Command::Open) => {
                 self.focus_service = Some(id);
                 self.switch(View::Tasks);
                 self.set_selected(0);
             }
-            (View::Services, KeyCode::Char('i')) => self.inspect(Object::Service(id)),
-            (View::Nodes, KeyCode::Enter | KeyCode::Char('i')) => self.inspect(Object::Node(id)),
-            (View::Tasks, KeyCode::Enter | KeyCode::Char('i')) => self.inspect(Object::Task(id)),
-            (View::Services, KeyCode::Char('s')) => {
+            (View::Services, Command::Inspect) => self.inspect(Object::Service(id)),
+            (View::Nodes, Command::Open | Command::Inspect) => self.inspect(Object::Node(id)),
+            (View::Tasks, Command::Open | Command::Inspect) => self.inspect(Object::Task(id)),
+            (View::Services, Command::Scale) => {
                 let current = model
                     .services
                     .get(&id)
                     .and_then(|s| s.spec.as_ref())
                     .map_or(0, |s| s.replicas);
                 self.mode = Mode::Prompt {
-                    kind: PromptKind::Scale { service: id },
+                    kind: PromptKind::Scale { services: targets },
                     input: current.to_string(),
                 };
             }
-            (View::Services, KeyCode::Char('l')) => {
-                self.logs_service = Some(id.clone());
-                self.logs_paused_at = None;
-                self.switch(View::Logs);
-                return Some(Action::FollowLogs { service: id });
+            (View::Services, Command::Logs) => return self.follow_logs(id),
+            (View::Tasks, Command::Logs) => {
+                let service = model.task(&id).map(|t| t.service_id.clone())?;
+                return self.follow_logs(service);
             }
-            (View::Problems, KeyCode::Enter) => {
+            (View::Problems, Command::Open | Command::Logs) => {
                 let problem = super::problems::find(model)
                     .into_iter()
                     .find(|p| p.key() == id)?;
-                match problem.target {
-                    super::problems::Target::Node(_) => self.switch(View::Nodes),
-                    super::problems::Target::Service(service) => {
+                match (problem.target, command) {
+                    (super::problems::Target::Service(service), Command::Logs) => {
+                        return self.follow_logs(service);
+                    }
+                    (_, Command::Logs) => {
+                        self.status = Some((
+                            "this problem is not about a service: it has no logs".into(),
+                            true,
+                        ))
+                    }
+                    (super::problems::Target::Node(_), _) => self.switch(View::Nodes),
+                    (super::problems::Target::Service(service), _) => {
                         self.focus_service = Some(service);
                         self.switch(View::Tasks);
                     }
-                    super::problems::Target::Cluster => self.switch(View::Cluster),
+                    (super::problems::Target::Cluster, _) => self.switch(View::Cluster),
                 }
             }
-            (View::Services, KeyCode::Char('U')) => {
+            (View::Services, Command::Update) => {
                 self.mode = Mode::UpdateForm(UpdateForm::of(&id, model))
             }
-            (View::Services, KeyCode::Char('r')) => {
-                self.mode = Mode::Confirm(Action::Rollback { service: id })
+            (View::Services, Command::PauseUpdate) => {
+                let service = model.services.get(&id)?;
+                let state = service
+                    .update_status
+                    .as_ref()
+                    .and_then(|u| pb::UpdateState::try_from(u.state).ok());
+                return match state {
+                    Some(pb::UpdateState::Updating | pb::UpdateState::RollbackStarted) => {
+                        Some(Action::PauseUpdate { service: id })
+                    }
+                    Some(pb::UpdateState::Paused | pb::UpdateState::RollbackPaused) => {
+                        Some(Action::ResumeUpdate { service: id })
+                    }
+                    _ => {
+                        self.status = Some((
+                            format!(
+                                "{} has no update in progress: U starts one",
+                                model.service_name(&id)
+                            ),
+                            true,
+                        ));
+                        None
+                    }
+                };
             }
-            (View::Services, KeyCode::Char('d'))
-                if key.modifiers.contains(KeyModifiers::CONTROL) =>
-            {
-                self.mode = Mode::Confirm(Action::RemoveService { service: id })
+            (View::Services, Command::Rollback) => {
+                self.mode = Mode::Confirm(nodes(&|service| Action::Rollback { service })?)
             }
-            (View::Nodes, KeyCode::Char('a')) => {
-                return Some(Action::Availability {
-                    node: id,
+            (View::Services, Command::Remove) => {
+                self.mode = Mode::Confirm(nodes(&|service| Action::RemoveService { service })?)
+            }
+            (View::Nodes, Command::Activate) => {
+                self.marks.clear();
+                return nodes(&|node| Action::Availability {
+                    node,
                     availability: pb::NodeAvailability::Active,
                 });
             }
-            (View::Nodes, KeyCode::Char('p')) => {
-                return Some(Action::Availability {
-                    node: id,
+            (View::Nodes, Command::Pause) => {
+                self.marks.clear();
+                return nodes(&|node| Action::Availability {
+                    node,
                     availability: pb::NodeAvailability::Pause,
                 });
             }
-            (View::Nodes, KeyCode::Char('d')) if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                self.mode = Mode::Confirm(Action::RemoveNode { node: id })
+            (View::Nodes, Command::Remove) => {
+                self.mode = Mode::Confirm(nodes(&|node| Action::RemoveNode { node })?)
             }
-            (View::Nodes, KeyCode::Char('d')) => {
-                self.mode = Mode::Confirm(Action::Availability {
-                    node: id,
+            (View::Nodes, Command::Drain) => {
+                self.mode = Mode::Confirm(nodes(&|node| Action::Availability {
+                    node,
                     availability: pb::NodeAvailability::Drain,
-                })
+                })?)
             }
-            (View::Nodes, KeyCode::Char('+')) => {
-                return Some(Action::Role {
-                    node: id,
+            (View::Nodes, Command::Promote) => {
+                self.marks.clear();
+                return nodes(&|node| Action::Role {
+                    node,
                     role: pb::NodeRole::Manager,
                 });
             }
-            (View::Nodes, KeyCode::Char('-')) => {
-                self.mode = Mode::Confirm(Action::Role {
-                    node: id,
+            (View::Nodes, Command::Demote) => {
+                self.mode = Mode::Confirm(nodes(&|node| Action::Role {
+                    node,
                     role: pb::NodeRole::Worker,
-                })
+                })?)
             }
             _ => {}
         }

@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod app;
 pub mod inspect;
+pub mod keymap;
 pub mod link;
 mod ordered;
 pub mod problems;
@@ -67,6 +68,7 @@ enum Message {
         service: String,
         reason: String,
     },
+    Tokens(app::Tokens),
     Tick,
 }
 
@@ -91,7 +93,17 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<()> {
 
     let mut terminal = ratatui::init();
     let mut model = Model::default();
-    let mut app = App::default();
+    let mut app = App {
+        keymap: keymap::Keymap::with(&settings.keys).map_err(|e| {
+            anyhow::anyhow!(
+                "console settings {}{e}; fix or remove the file",
+                settings::path()
+                    .map(|p| format!("{}: ", p.display()))
+                    .unwrap_or_default()
+            )
+        })?,
+        ..App::default()
+    };
     let mut logs_task: Option<tokio::task::AbortHandle> = None;
     let result = async {
         loop {
@@ -116,6 +128,13 @@ pub async fn run(target: &Target, options: &Options) -> anyhow::Result<()> {
                     &mut logs_task,
                     &mut alerter,
                 );
+            }
+            if let Some(text) = app.clipboard.take() {
+                use std::io::Write;
+                let in_tmux = std::env::var_os("TMUX").is_some();
+                let mut out = std::io::stdout();
+                let _ = out.write_all(alerts::clipboard_sequence(&text, in_tmux).as_bytes());
+                let _ = out.flush();
             }
             if app.quit {
                 break;
@@ -172,15 +191,16 @@ fn handle(
             app.status = Some((format!("connection lost; following {manager}"), false));
         }
         Message::Info(info) => model.info = Some(*info),
-        // M mutes and unmutes alerts beyond the banner, from any view.
+        // Mute changes the alerter, which the loop owns.
         Message::Key(key)
-            if key.code == ratatui::crossterm::event::KeyCode::Char('M')
-                && matches!(app.mode, app::Mode::Normal) =>
+            if matches!(app.mode, app::Mode::Normal)
+                && app.keymap.command(&key, app.view) == Some(keymap::Command::Mute) =>
         {
             let muted = alerter.toggle_mute();
+            let keys = app.keymap.keys_of(keymap::Command::Mute);
             app.status = Some((
                 if muted {
-                    "alerts muted: only this status line shows them (M to unmute)".into()
+                    format!("alerts muted: only this status line shows them ({keys} unmutes)")
                 } else {
                     "alerts unmuted".into()
                 },
@@ -188,13 +208,17 @@ fn handle(
             ));
         }
         Message::Key(key) => match app.on_key(key, model) {
-            Some(Action::FollowLogs { service }) => {
+            Some(Action::FollowLogs { service, window }) => {
                 if let Some(previous) = logs_task.take() {
                     previous.abort();
                 }
                 model.clear_logs();
-                let task = tokio::spawn(follow_logs(link.client(), service, tx.clone()));
+                let task = tokio::spawn(follow_logs(link.client(), service, window, tx.clone()));
                 *logs_task = Some(task.abort_handle());
+            }
+            Some(Action::SaveLogs) => app.status = Some(save_logs(app, model)),
+            Some(Action::FetchTokens) => {
+                tokio::spawn(fetch_tokens(link.client(), tx.clone()));
             }
             Some(action) => {
                 app.status = Some((format!("{}…", action.describe(model)), false));
@@ -210,6 +234,11 @@ fn handle(
         Message::LogsEnded { service, reason } => {
             if app.logs_service.as_deref() == Some(service.as_str()) {
                 model.logs_status = Some(reason);
+            }
+        }
+        Message::Tokens(tokens) => {
+            if app.view == app::View::Cluster {
+                app.tokens = Some(tokens);
             }
         }
         Message::Done(Ok(text)) => app.status = Some((text, false)),
@@ -309,16 +338,50 @@ async fn info_loop(link: Arc<link::Link>, tx: mpsc::Sender<Message>) {
 
 async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::Sender<Message>) {
     let description = action.describe(&model);
+    let outcome = match action {
+        // One after another, so a failure names its row and the rest
+        // still happen.
+        Action::Many(actions) => {
+            let mut failures = Vec::new();
+            for one in &actions {
+                if let Err(status) = perform_one(&link, one, &model).await {
+                    failures.push(format!("{}: {}", one.describe(&model), status.message()));
+                }
+            }
+            if failures.is_empty() {
+                Ok(format!("done: {description}"))
+            } else {
+                Err(format!(
+                    "{} of {} failed: {}",
+                    failures.len(),
+                    actions.len(),
+                    failures.join("; ")
+                ))
+            }
+        }
+        one => match perform_one(&link, &one, &model).await {
+            Ok(()) => Ok(format!("done: {description}")),
+            Err(status) => Err(format!("{description} failed: {}", status.message())),
+        },
+    };
+    let _ = tx.send(Message::Done(outcome)).await;
+}
+
+async fn perform_one(
+    link: &Arc<link::Link>,
+    action: &Action,
+    model: &Model,
+) -> Result<(), tonic::Status> {
     let mut client = link.client();
-    let result = match &action {
+    match action {
         Action::Scale { service, replicas } => {
-            update_service(&mut client, &model, service, |spec| {
+            update_service(&mut client, model, service, |spec| {
                 spec.replicas = *replicas
             })
             .await
         }
         Action::Update { service, rollout } => {
-            update_service(&mut client, &model, service, |spec| {
+            update_service(&mut client, model, service, |spec| {
                 spec.task
                     .get_or_insert_with(Default::default)
                     .container
@@ -340,6 +403,7 @@ async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::
                 version: 0,
                 spec: None,
                 rollback: true,
+                pause: false,
             })
             .await
             .map(|_| ()),
@@ -350,13 +414,13 @@ async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::
             .await
             .map(|_| ()),
         Action::Availability { node, availability } => {
-            update_node(&mut client, &model, node, |spec| {
+            update_node(&mut client, model, node, |spec| {
                 spec.availability = *availability as i32
             })
             .await
         }
         Action::Role { node, role } => {
-            update_node(&mut client, &model, node, |spec| {
+            update_node(&mut client, model, node, |spec| {
                 spec.desired_role = *role as i32
             })
             .await
@@ -368,8 +432,26 @@ async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::
             })
             .await
             .map(|_| ()),
-        // Handled by the loop, which owns the log stream.
-        Action::FollowLogs { .. } => Ok(()),
+        Action::PauseUpdate { service } => client
+            .update_service(pb::UpdateServiceRequest {
+                service: service.clone(),
+                version: 0,
+                spec: None,
+                rollback: false,
+                pause: true,
+            })
+            .await
+            .map(|_| ()),
+        // The same spec again: a paused update goes on with what is
+        // still outdated.
+        Action::ResumeUpdate { service } => {
+            update_service(&mut client, model, service, |_| {}).await
+        }
+        // Handled by the loop, which owns the log stream and the screen;
+        // bulk actions are taken apart by `perform`.
+        Action::FollowLogs { .. } | Action::SaveLogs | Action::FetchTokens | Action::Many(_) => {
+            Ok(())
+        }
         Action::Unlock { key } => match link.opened_on().await {
             Ok(mut node) => node
                 .swarm_unlock(pb::SwarmUnlockRequest {
@@ -379,24 +461,88 @@ async fn perform(link: Arc<link::Link>, action: Action, model: Model, tx: mpsc::
                 .map(|_| ()),
             Err(e) => Err(tonic::Status::unavailable(e.to_string())),
         },
+    }
+}
+
+/// The join commands for the cluster view.
+async fn fetch_tokens(mut client: Client, tx: mpsc::Sender<Message>) {
+    let message = match client.get_join_tokens(pb::GetJoinTokensRequest {}).await {
+        Ok(response) => {
+            let response = response.into_inner();
+            let tokens = response.tokens.unwrap_or_default();
+            let addr = response
+                .manager_addrs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "MANAGER_ADDR".into());
+            Message::Tokens(app::Tokens {
+                worker: format!("shoal swarm join --token {} {addr}", tokens.worker),
+                manager: format!("shoal swarm join --token {} {addr}", tokens.manager),
+            })
+        }
+        Err(status) => Message::Done(Err(format!(
+            "cannot show the join tokens: {}",
+            status.message()
+        ))),
     };
-    let outcome = match result {
-        Ok(()) => Ok(format!("done: {description}")),
-        Err(status) => Err(format!("{description} failed: {}", status.message())),
-    };
-    let _ = tx.send(Message::Done(outcome)).await;
+    let _ = tx.send(message).await;
+}
+
+/// Writes the lines the logs view shows (search and window applied) to a
+/// file in the working directory; the status line names it.
+fn save_logs(app: &App, model: &Model) -> (String, bool) {
+    let name = app
+        .logs_service
+        .as_deref()
+        .map(|s| model.service_name(s))
+        .unwrap_or_default();
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let path = format!("shoal-logs-{name}-{stamp}.log");
+    let mut text = String::new();
+    let mut count = 0;
+    for row in view::shown_logs(app, model) {
+        let time = std::time::UNIX_EPOCH + Duration::from_nanos(row.timestamp_ns.max(0) as u64);
+        text.push_str(&format!(
+            "{} {} {}\n",
+            humantime::format_rfc3339_nanos(time),
+            row.source,
+            row.text.trim_end_matches('\n')
+        ));
+        count += 1;
+    }
+    match std::fs::write(&path, text) {
+        Ok(()) => (format!("saved {count} lines to {path}"), false),
+        Err(e) => (
+            format!(
+                "cannot save the logs to {path}: {e}; start the console in a writable directory"
+            ),
+            true,
+        ),
+    }
 }
 
 /// Streams a service's logs (the last 200 lines per task, then new ones)
 /// into the logs view; the loop aborts it when another service is chosen.
-async fn follow_logs(mut client: Client, service: String, tx: mpsc::Sender<Message>) {
+async fn follow_logs(
+    mut client: Client,
+    service: String,
+    window: app::LogWindow,
+    tx: mpsc::Sender<Message>,
+) {
+    let since_ms = if window.since.is_zero() {
+        0
+    } else {
+        now_ms() - window.since.as_millis() as i64
+    };
     let request = pb::LogsRequest {
         services: vec![service.clone()],
         tasks: Vec::new(),
         options: Some(pb::LogsOptions {
             follow: true,
-            tail: 200,
-            since_ms: 0,
+            tail: window.tail,
+            since_ms,
             stdout: true,
             stderr: true,
         }),
@@ -490,6 +636,7 @@ async fn update_service(
             version: current.meta.as_ref().map_or(0, |m| m.version),
             spec: Some(spec),
             rollback: false,
+            pause: false,
         })
         .await
         .map(|_| ())

@@ -10,12 +10,18 @@
 //! terminal = "auto"      # auto | osc9 | osc777 | off: the terminal's own notification
 //! bell = true            # when neither of those can be shown
 //! muted = false          # only the in-app banner (also toggled with M)
+//!
+//! [keys]                 # rebind any command of the help screen (?)
+//! drain = "D"
+//! scale = ["s", "alt-s"]
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::keymap::KeySetting;
 use super::theme::Theme;
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +30,9 @@ pub struct Settings {
     pub theme: Option<String>,
     #[serde(default)]
     pub alerts: AlertSettings,
+    /// Rebound keys: command name → key or keys (see [`super::keymap`]).
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeySetting>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -57,7 +66,7 @@ impl Default for AlertSettings {
     }
 }
 
-fn path() -> Option<PathBuf> {
+pub fn path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("SHOAL_CONSOLE_CONFIG") {
         return Some(path.into());
     }

@@ -28,7 +28,7 @@ pub struct LogRow {
     pub text: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Info,
     Warn,
@@ -328,6 +328,15 @@ impl Model {
             text,
         });
         self.events.truncate(EVENTS_KEPT);
+    }
+
+    /// A service's name, or its id once it is gone.
+    pub fn service_name(&self, service_id: &str) -> String {
+        self.services
+            .get(service_id)
+            .and_then(|s| s.spec.as_ref())
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| service_id.to_string())
     }
 
     pub fn hostname(&self, node_id: &str) -> String {

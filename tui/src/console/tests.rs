@@ -25,9 +25,13 @@ fn meta(id: &str, version: u64, created: i64) -> Option<pb::Meta> {
 fn node(id: &str, host: &str, state: pb::NodeState, manager: Option<bool>) -> pb::Node {
     pb::Node {
         meta: meta(id, 3, NOW - 3_600_000),
-        spec: Some(pb::NodeSpec::default()),
+        spec: Some(pb::NodeSpec {
+            labels: [("zone".to_string(), format!("z{}", host.len() % 3))].into(),
+            ..Default::default()
+        }),
         description: Some(pb::NodeDescription {
             hostname: host.into(),
+            agent_version: "0.1.0".into(),
             ..Default::default()
         }),
         status: Some(pb::NodeStatus {
@@ -282,14 +286,49 @@ fn a_locked_manager_shows_how_to_unlock_and_masks_the_key() {
 }
 
 #[test]
-fn help_lists_every_key() {
+fn help_lists_every_key_of_the_view_from_the_keymap() {
     let model = model();
-    let mut app = App::default();
-    app.on_key(key(KeyCode::Char('?')), &model);
-    let text = screen(&app, &model);
-    for (keys, _, _) in super::app::KEYS {
-        assert!(text.contains(keys), "{keys} missing:\n{text}");
+    for view in View::ALL {
+        let mut app = App {
+            view,
+            ..App::default()
+        };
+        app.on_key(key(KeyCode::Char('?')), &model);
+        let entries = app.keymap.help(view);
+        let wide = screen_of_size(&app, &model, 160, 48);
+        let narrow = screen(&app, &model);
+        for (keys, what) in &entries {
+            let shown = wide
+                .lines()
+                .any(|line| line.contains(&format!("│{keys} ")) && line.contains(what.as_str()));
+            assert!(shown, "{keys} {what}:\n{wide}");
+            assert!(narrow.contains(keys.as_str()), "{keys} at 80x24:\n{narrow}");
+        }
     }
+}
+
+#[test]
+fn a_rebound_key_works_and_the_help_and_footer_show_it() -> Result<(), String> {
+    let model = model();
+    let overrides = std::collections::BTreeMap::from([(
+        "drain".to_string(),
+        super::keymap::KeySetting::One("X".into()),
+    )]);
+    let mut app = App {
+        view: View::Nodes,
+        keymap: super::keymap::Keymap::with(&overrides)?,
+        ..App::default()
+    };
+    assert_eq!(app.on_key(key(KeyCode::Char('d')), &model), None);
+    assert_eq!(app.mode, Mode::Normal);
+    app.on_key(key(KeyCode::Char('X')), &model);
+    assert!(matches!(
+        app.mode,
+        Mode::Confirm(Action::Availability { .. })
+    ));
+    app.on_key(key(KeyCode::Esc), &model);
+    assert!(screen(&app, &model).contains("X drain"));
+    Ok(())
 }
 
 #[test]
@@ -428,7 +467,8 @@ fn l_follows_a_services_logs_and_f_pauses_them() {
     assert_eq!(
         app.on_key(key(KeyCode::Char('l')), &model),
         Some(Action::FollowLogs {
-            service: "svc-web".into()
+            service: "svc-web".into(),
+            window: super::app::LOG_WINDOWS[0],
         })
     );
     assert_eq!(app.view, View::Logs);
@@ -992,4 +1032,208 @@ fn the_services_view_shows_the_selected_services_update_progress() {
     let app = App::default();
     let text = screen(&app, &model);
     assert!(text.contains("web: updating, 1/2 updated"), "{text}");
+}
+
+#[test]
+fn the_help_fits_80x24_in_two_columns() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    app.on_key(key(KeyCode::Char('?')), &model);
+    insta::assert_snapshot!(screen(&app, &model));
+}
+
+#[test]
+fn marked_nodes_take_one_action_together_after_one_confirmation() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    // Space marks the row and moves on, so marking runs down a list.
+    app.on_key(key(KeyCode::Char(' ')), &model);
+    app.on_key(key(KeyCode::Char(' ')), &model);
+    assert_eq!(app.marks.len(), 2);
+    assert!(screen(&app, &model).contains("Nodes [2 marked]"));
+    assert_eq!(app.on_key(key(KeyCode::Char('d')), &model), None);
+    let text = screen(&app, &model);
+    assert!(
+        text.contains("Set manager-1, manager-2 to drain? (y/N)"),
+        "{text}"
+    );
+    let drain = |node: &str| Action::Availability {
+        node: node.into(),
+        availability: pb::NodeAvailability::Drain,
+    };
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('y')), &model),
+        Some(Action::Many(vec![
+            drain("n1aaaaaaaaaaaaaaaaaaaaaaa"),
+            drain("n2bbbbbbbbbbbbbbbbbbbbbbb"),
+        ]))
+    );
+    assert!(app.marks.is_empty());
+    // Without marks, the selected row alone (marking moved it down).
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('a')), &model),
+        Some(Action::Availability {
+            node: "n3ccccccccccccccccccccccc".into(),
+            availability: pb::NodeAvailability::Active,
+        })
+    );
+}
+
+#[test]
+fn o_sorts_by_the_next_column_and_capital_o_reverses() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    let hosts = |app: &App| -> Vec<String> {
+        app.rows(&model)
+            .iter()
+            .map(|id| model.hostname(id))
+            .collect()
+    };
+    assert_eq!(hosts(&app), ["manager-1", "manager-2", "worker-1"]);
+    app.on_key(key(KeyCode::Char('o')), &model);
+    // By status: down first, what triage wants to see.
+    assert_eq!(hosts(&app), ["worker-1", "manager-1", "manager-2"]);
+    app.on_key(key(KeyCode::Char('O')), &model);
+    assert_eq!(hosts(&app), ["manager-2", "manager-1", "worker-1"]);
+    assert!(screen(&app, &model).contains("Nodes by status ↓"));
+}
+
+#[test]
+fn c_copies_the_selected_id_through_osc_52() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    app.on_key(key(KeyCode::Char('c')), &model);
+    assert_eq!(app.clipboard.as_deref(), Some("n1aaaaaaaaaaaaaaaaaaaaaaa"));
+    assert_eq!(
+        super::alerts::clipboard_sequence("abc", false),
+        "\x1b]52;c;YWJj\x07"
+    );
+    assert_eq!(
+        super::alerts::clipboard_sequence("abc", true),
+        "\x1bPtmux;\x1b\x1b]52;c;YWJj\x07\x1b\\"
+    );
+}
+
+#[test]
+fn capital_p_pauses_a_running_update_and_resumes_a_paused_one() {
+    let mut model = model();
+    let mut app = App::default();
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('P')), &model),
+        Some(Action::ResumeUpdate {
+            service: "svc-web".into()
+        })
+    );
+    if let Some(status) = model
+        .services
+        .get_mut("svc-web")
+        .and_then(|s| s.update_status.as_mut())
+    {
+        status.state = pb::UpdateState::Updating as i32;
+    }
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('P')), &model),
+        Some(Action::PauseUpdate {
+            service: "svc-web".into()
+        })
+    );
+    if let Some(service) = model.services.get_mut("svc-web") {
+        service.update_status = None;
+    }
+    assert_eq!(app.on_key(key(KeyCode::Char('P')), &model), None);
+    let (text, error) = app.status.clone().unwrap_or_default();
+    assert!(
+        error && text.contains("web has no update in progress"),
+        "{text}"
+    );
+}
+
+#[test]
+fn logs_keys_pick_a_window_wrap_and_save() {
+    let model = model();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('l')), &model);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('s')), &model),
+        Some(Action::FollowLogs {
+            service: "svc-web".into(),
+            window: super::app::LOG_WINDOWS[1],
+        })
+    );
+    assert!(screen(&app, &model).contains("since 1m"));
+    app.on_key(key(KeyCode::Char('w')), &model);
+    assert!(app.logs_wrap);
+    assert_eq!(
+        app.on_key(
+            KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL),
+            &model
+        ),
+        Some(Action::SaveLogs)
+    );
+}
+
+#[test]
+fn a_search_in_the_logs_marks_only_the_matches() {
+    let plain = ratatui::style::Style::default();
+    let mark = ratatui::style::Style::default().add_modifier(ratatui::style::Modifier::BOLD);
+    let spans = super::view::highlighted("GET /Health 200 /health", "/health", plain, mark);
+    let marked: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.style == mark)
+        .map(|s| s.content.as_ref())
+        .collect();
+    assert_eq!(marked, ["/Health", "/health"]);
+    let all: String = spans.iter().map(|s| s.content.as_ref()).collect();
+    assert_eq!(all, "GET /Health 200 /health");
+}
+
+#[test]
+fn e_narrows_events_to_warnings_then_errors_and_t_fetches_join_tokens() {
+    let mut model = model();
+    model.events.push_front(super::state::EventLine {
+        time_ms: NOW,
+        level: super::state::Level::Info,
+        text: "service web created".into(),
+        subject: Default::default(),
+    });
+    model.events.push_front(super::state::EventLine {
+        time_ms: NOW,
+        level: super::state::Level::Error,
+        text: "node worker-1 is down".into(),
+        subject: Default::default(),
+    });
+    let mut app = App {
+        view: View::Events,
+        ..App::default()
+    };
+    let all = app.rows(&model).len();
+    app.on_key(key(KeyCode::Char('e')), &model);
+    app.on_key(key(KeyCode::Char('e')), &model);
+    assert!(app.rows(&model).len() < all);
+    assert!(screen(&app, &model).contains("Events: errors"));
+
+    app.on_key(key(KeyCode::Char('6')), &model);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('T')), &model),
+        Some(Action::FetchTokens)
+    );
+    app.tokens = Some(super::app::Tokens {
+        worker: "shoal swarm join --token SWMTKN-1-w 10.0.0.1:4242".into(),
+        manager: "shoal swarm join --token SWMTKN-1-m 10.0.0.1:4242".into(),
+    });
+    assert!(screen(&app, &model).contains("SWMTKN-1-m"));
+    assert_eq!(app.on_key(key(KeyCode::Char('T')), &model), None);
+    assert_eq!(app.tokens, None);
 }

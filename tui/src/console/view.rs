@@ -9,9 +9,11 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Table
 use shoal_proto::v1 as pb;
 
 use super::app::{
-    App, FAILURE_ACTIONS, FormField, KEYS, Mode, ORDERS, Pane, PromptKind, UpdateForm, View,
+    App, EVENT_LEVELS, FAILURE_ACTIONS, FormField, LOG_WINDOWS, Mode, ORDERS, Pane, PromptKind,
+    UpdateForm, View, sort_columns,
 };
-use super::state::{Connection, Level, Model};
+use super::keymap::Command;
+use super::state::{Connection, Level, LogRow, Model};
 use super::theme::Theme;
 use crate::cli::output::{
     availability_name, capitalize, manager_status_name, node_state_name, short, task_state_name,
@@ -71,7 +73,7 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
         View::Services => render_services(frame, body, app, model, theme),
         View::Tasks => render_tasks(frame, body, app, model, theme, now_ms),
         View::Events => render_events(frame, body, app, model, theme, now_ms),
-        View::Cluster => render_cluster(frame, body, model, theme),
+        View::Cluster => render_cluster(frame, body, app, model, theme),
         View::Logs => render_logs(frame, body, app, model, theme),
         View::Problems => render_problems(frame, body, app, model, theme),
     }
@@ -83,7 +85,7 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
         render_update_form(frame, area, form, model, theme);
     }
     if app.mode == Mode::Help {
-        render_help(frame, area, theme);
+        render_help(frame, area, app, theme);
     }
 }
 
@@ -252,11 +254,32 @@ fn page(app: &App, model: &Model, area: Rect) -> Page {
     }
 }
 
+/// A table's title: its name, then how the rows are sorted (when not by
+/// the first column), marked and filtered.
 fn filter_title(base: &str, app: &App) -> String {
-    if app.filter.is_empty() {
-        base.to_string()
+    let mut title = base.to_string();
+    let sort = app.sort_of(app.view);
+    if let Some(column) = sort_columns(app.view).get(sort.column)
+        && (sort.column != 0 || sort.reverse)
+    {
+        let arrow = if sort.reverse { "↓" } else { "↑" };
+        title.push_str(&format!(" by {column} {arrow}"));
+    }
+    if !app.marks.is_empty() {
+        title.push_str(&format!(" [{} marked]", app.marks.len()));
+    }
+    if !app.filter.is_empty() {
+        title.push_str(&format!(" (filter: {})", app.filter));
+    }
+    title
+}
+
+/// The first cell of a row: marked rows say so.
+fn marked(app: &App, id: &str, text: String) -> String {
+    if app.marks.contains(id) {
+        format!("✓{text}")
     } else {
-        format!("{base} (filter: {})", app.filter)
+        text
     }
 }
 
@@ -276,10 +299,10 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
             let availability = node.spec.as_ref().map_or(0, |s| s.availability);
             let manager = manager_status_name(node).unwrap_or("");
             Row::new(vec![
-                Cell::from(format!(
-                    "{}{}",
-                    short(&id),
-                    if id == local { "*" } else { "" }
+                Cell::from(marked(
+                    app,
+                    &id,
+                    format!("{}{}", short(&id), if id == local { "*" } else { "" }),
                 )),
                 Cell::from(
                     node.description
@@ -303,6 +326,24 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
                     manager == "unreachable",
                 )),
                 Cell::from(model.running_on(&id).to_string()),
+                Cell::from(
+                    node.description
+                        .as_ref()
+                        .map(|d| d.agent_version.clone())
+                        .unwrap_or_default(),
+                ),
+                Cell::from(
+                    node.spec
+                        .as_ref()
+                        .map(|s| {
+                            let mut labels: Vec<String> =
+                                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            labels.sort();
+                            labels.join(",")
+                        })
+                        .unwrap_or_default(),
+                )
+                .style(theme.dim),
             ])
         })
         .collect();
@@ -314,15 +355,19 @@ fn render_nodes(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: 
             "AVAILABILITY",
             "MANAGER",
             "TASKS",
+            "VERSION",
+            "LABELS",
         ],
         rows,
         &[
             Constraint::Length(13),
-            Constraint::Min(10),
-            Constraint::Length(8),
+            Constraint::Min(8),
+            Constraint::Length(7),
             Constraint::Length(12),
             Constraint::Length(11),
             Constraint::Length(5),
+            Constraint::Length(7),
+            Constraint::Fill(1),
         ],
         filter_title("Nodes", app),
         theme,
@@ -358,8 +403,13 @@ fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
                 update.and_then(|u| pb::UpdateState::try_from(u).ok()),
                 Some(pb::UpdateState::Paused | pb::UpdateState::RollbackPaused)
             );
+            let id = service
+                .meta
+                .as_ref()
+                .map(|m| m.id.as_str())
+                .unwrap_or_default();
             Row::new(vec![
-                Cell::from(spec.name.clone()),
+                Cell::from(marked(app, id, spec.name.clone())),
                 Cell::from(if spec.mode == pb::ServiceMode::Global as i32 {
                     "global"
                 } else {
@@ -563,7 +613,13 @@ fn render_events(
         &["WHEN", "EVENT"],
         rows,
         &[Constraint::Length(8), Constraint::Min(20)],
-        filter_title("Events (newest first)", app),
+        filter_title(
+            &match app.events_level {
+                0 => "Events (newest first)".to_string(),
+                level => format!("Events: {} (newest first)", EVENT_LEVELS[level].0),
+            },
+            app,
+        ),
         theme,
     );
     frame.render_stateful_widget(widget, area, &mut state);
@@ -602,7 +658,7 @@ fn render_locked(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
     );
 }
 
-fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
+fn render_cluster(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
     let info = model.info.clone().unwrap_or_default();
     let mut lines = vec![
         Line::from(format!("Cluster      {}", info.cluster_id)),
@@ -656,8 +712,30 @@ fn render_cluster(frame: &mut Frame, area: Rect, model: &Model, theme: &Theme) {
             ),
         ]));
     }
+    lines.push(Line::from(""));
+    match &app.tokens {
+        Some(tokens) => {
+            lines.push(Line::from(Span::styled(
+                "To add a worker:",
+                Style::default().add_modifier(Modifier::BOLD),
+            )));
+            lines.push(Line::from(format!("  {}", tokens.worker)));
+            lines.push(Line::from(Span::styled(
+                "To add a manager:",
+                Style::default().add_modifier(Modifier::BOLD),
+            )));
+            lines.push(Line::from(format!("  {}", tokens.manager)));
+        }
+        None => lines.push(Line::from(Span::styled(
+            format!(
+                "{} shows the join commands",
+                app.keymap.keys_of(Command::Tokens)
+            ),
+            theme.dim,
+        ))),
+    }
     frame.render_widget(
-        Paragraph::new(lines).block(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
             Block::default()
                 .borders(Borders::TOP)
                 .border_style(theme.border)
@@ -684,59 +762,114 @@ fn render_logs(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &
         .and_then(|s| s.spec.as_ref())
         .map(|s| s.name.clone())
         .unwrap_or_else(|| "(removed)".into());
-    let newest = app.logs_paused_at.unwrap_or(model.logs_received);
-    let first_kept = model.logs_received - model.logs.len() as u64;
     let search = app.filter.to_lowercase();
     let visible = area.height.saturating_sub(1) as usize;
-    let mut lines: Vec<Line> = model
-        .logs
-        .iter()
-        .enumerate()
-        .take_while(|(i, _)| first_kept + (*i as u64) < newest)
-        .filter(|(_, row)| search.is_empty() || row.text.to_lowercase().contains(&search))
-        .map(|(_, row)| {
-            let mut spans = Vec::new();
-            if app.logs_timestamps {
-                let time = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_nanos(row.timestamp_ns.max(0) as u64);
-                spans.push(Span::styled(
-                    format!("{} ", humantime::format_rfc3339_seconds(time)),
-                    theme.dim,
-                ));
-            }
-            spans.push(Span::styled(format!("{} | ", row.source), theme.dim));
-            let style = if !search.is_empty() {
-                theme.selected
-            } else if row.stderr {
-                theme.warn
-            } else {
-                theme.text
-            };
-            spans.push(Span::styled(row.text.clone(), style));
-            Line::from(spans)
-        })
-        .collect();
-    let skip = lines.len().saturating_sub(visible);
-    lines.drain(..skip);
+    let width = area.width.max(1) as usize;
+    let mut lines: Vec<Line> = Vec::new();
+    // Newest last: walk back from the newest shown line until the screen
+    // is full, so a long history costs one screenful.
+    let mut used = 0;
+    let shown: Vec<&LogRow> = shown_logs(app, model).collect();
+    for row in shown.iter().rev() {
+        let mut spans = Vec::new();
+        if app.logs_timestamps {
+            let time = std::time::UNIX_EPOCH
+                + std::time::Duration::from_nanos(row.timestamp_ns.max(0) as u64);
+            spans.push(Span::styled(
+                format!("{} ", humantime::format_rfc3339_seconds(time)),
+                theme.dim,
+            ));
+        }
+        spans.push(Span::styled(format!("{} | ", row.source), theme.dim));
+        let style = if row.stderr { theme.warn } else { theme.text };
+        spans.extend(highlighted(&row.text, &search, style, theme.selected));
+        let line = Line::from(spans);
+        used += if app.logs_wrap {
+            line.width().div_ceil(width).max(1)
+        } else {
+            1
+        };
+        lines.push(line);
+        if used >= visible {
+            break;
+        }
+    }
+    lines.reverse();
     let state = match (&model.logs_status, app.logs_paused_at) {
         (Some(status), _) => format!(" — {status}"),
-        (None, Some(_)) => " — paused (f follows)".to_string(),
+        (None, Some(_)) => format!(
+            " — paused ({} follows)",
+            app.keymap.keys_of(Command::FollowPause)
+        ),
         (None, None) => " — following".to_string(),
     };
+    let state = format!("{state}, {}", LOG_WINDOWS[app.logs_window].label);
     let title = if app.filter.is_empty() {
         format!("Logs of {name}{state}")
     } else {
         format!("Logs of {name}{state} (search: {})", app.filter)
     };
-    frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::default()
-                .borders(Borders::TOP)
-                .border_style(theme.border)
-                .title(title),
-        ),
-        area,
+    let mut paragraph = Paragraph::new(lines).block(
+        Block::default()
+            .borders(Borders::TOP)
+            .border_style(theme.border)
+            .title(title),
     );
+    if app.logs_wrap {
+        paragraph = paragraph.wrap(Wrap { trim: false });
+        // A wrapped first line may not fit whole: keep the newest in view.
+        let height = paragraph.line_count(area.width) as u16;
+        paragraph = paragraph.scroll((height.saturating_sub(area.height), 0));
+    }
+    frame.render_widget(paragraph, area);
+}
+
+/// The log lines the logs view shows, oldest first: up to the paused
+/// line, matching the search.
+pub fn shown_logs<'a>(app: &App, model: &'a Model) -> impl Iterator<Item = &'a LogRow> + 'a {
+    let newest = app.logs_paused_at.unwrap_or(model.logs_received);
+    let first_kept = model.logs_received - model.logs.len() as u64;
+    let search = app.filter.to_lowercase();
+    model
+        .logs
+        .iter()
+        .enumerate()
+        .take_while(move |(i, _)| first_kept + (*i as u64) < newest)
+        .filter(move |(_, row)| search.is_empty() || row.text.to_lowercase().contains(&search))
+        .map(|(_, row)| row)
+}
+
+/// `text` in `style`, with each match of `search` (lowercase) in `mark`.
+pub(super) fn highlighted(
+    text: &str,
+    search: &str,
+    style: Style,
+    mark: Style,
+) -> Vec<Span<'static>> {
+    let lower = text.to_lowercase();
+    // Lowercasing can change byte lengths (rare outside ASCII): then the
+    // match offsets would not fit the text, so the whole line is marked.
+    if search.is_empty() || lower.len() != text.len() {
+        let whole = if search.is_empty() { style } else { mark };
+        return vec![Span::styled(text.to_string(), whole)];
+    }
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for (start, found) in lower.match_indices(search) {
+        if start < at {
+            continue;
+        }
+        if start > at {
+            spans.push(Span::styled(text[at..start].to_string(), style));
+        }
+        let end = start + found.len();
+        spans.push(Span::styled(text[start..end].to_string(), mark));
+        at = end;
+    }
+    if at < text.len() {
+        spans.push(Span::styled(text[at..].to_string(), style));
+    }
+    spans
 }
 
 fn render_problems(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme: &Theme) {
@@ -784,6 +917,9 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
         Mode::Filter => Line::from(format!("/{}", app.filter)),
         Mode::Command(text) => Line::from(format!(":{text}")),
         Mode::Prompt { kind, input } => Line::from(match kind {
+            PromptKind::Scale { services } if services.len() > 1 => {
+                format!("replicas for {} services: {input}", services.len())
+            }
             PromptKind::Scale { .. } => format!("replicas: {input}"),
             PromptKind::UnlockKey => format!("unlock key: {}", "*".repeat(input.chars().count())),
         }),
@@ -802,19 +938,12 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
     frame.render_widget(Paragraph::new(line), status);
     let hints = match app.view {
         _ if matches!(app.mode, Mode::UpdateForm(_)) => {
-            "Tab/↑↓ field  ←/→ choose  Enter update  Esc cancel"
+            "Tab/↑↓ field  ←/→ choose  Enter update  Esc cancel".to_string()
         }
         _ if matches!(app.mode, Mode::Inspect(_)) => {
-            "j/k scroll  g/G top/end  PgUp/PgDn page  y JSON/pretty  Esc back"
+            "j/k scroll  g/G top/end  PgUp/PgDn page  y JSON/pretty  Esc back".to_string()
         }
-        View::Nodes => "Enter inspect  a/p/d avail  +/- role  ^D rm  / filter  ? help  q quit",
-        View::Services => {
-            "Enter tasks  i inspect  l logs  s scale  U update  r rollback  ^D rm  ? help"
-        }
-        View::Tasks => "Enter inspect  j/k move  / filter  1-7 views  ? help  q quit",
-        View::Logs => "f pause/follow  t time  / search  g/G oldest/newest  ? help  q quit",
-        View::Problems => "Enter jump  j/k move  / filter  ? help  q quit",
-        _ => "1-7 views  j/k move  / filter  ? help  q quit",
+        view => hints(app, view),
     };
     frame.render_widget(Paragraph::new(hints).style(theme.dim), keys);
 }
@@ -939,25 +1068,131 @@ fn render_update_form(
     );
 }
 
-fn render_help(frame: &mut Frame, area: Rect, theme: &Theme) {
-    let popup = centered(area, 90, KEYS.len() as u16 + 3);
-    let rows: Vec<Row> = KEYS
-        .iter()
-        .map(|(keys, scope, what)| Row::new(vec![*keys, *scope, *what]))
-        .collect();
-    let widget = Table::new(
-        rows,
-        [
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Min(10),
+/// The footer's reminder of the view's main keys, from the keymap.
+fn hints(app: &App, view: View) -> String {
+    let main: &[(Command, &str)] = match view {
+        View::Nodes => &[
+            (Command::Open, "inspect"),
+            (Command::Activate, "active"),
+            (Command::Pause, "pause"),
+            (Command::Drain, "drain"),
+            (Command::Promote, "promote"),
+            (Command::Demote, "demote"),
+            (Command::Help, "help"),
         ],
-    )
-    .block(
+        View::Services => &[
+            (Command::Open, "tasks"),
+            (Command::Logs, "logs"),
+            (Command::Scale, "scale"),
+            (Command::Update, "update"),
+            (Command::Rollback, "rollback"),
+            (Command::Mark, "mark"),
+            (Command::Help, "help"),
+        ],
+        View::Tasks => &[
+            (Command::Open, "inspect"),
+            (Command::Logs, "logs"),
+            (Command::CopyId, "copy id"),
+            (Command::Filter, "filter"),
+            (Command::Help, "help"),
+            (Command::Quit, "quit"),
+        ],
+        View::Logs => &[
+            (Command::FollowPause, "pause/follow"),
+            (Command::Since, "since"),
+            (Command::Wrap, "wrap"),
+            (Command::Timestamps, "time"),
+            (Command::Filter, "search"),
+            (Command::SaveLogs, "save"),
+            (Command::Help, "help"),
+        ],
+        View::Events => &[
+            (Command::Level, "level"),
+            (Command::Filter, "filter"),
+            (Command::Help, "help"),
+            (Command::Quit, "quit"),
+        ],
+        View::Cluster => &[
+            (Command::Tokens, "join tokens"),
+            (Command::Unlock, "unlock"),
+            (Command::Help, "help"),
+            (Command::Quit, "quit"),
+        ],
+        View::Problems => &[
+            (Command::Open, "jump"),
+            (Command::Logs, "logs"),
+            (Command::Filter, "filter"),
+            (Command::Help, "help"),
+            (Command::Quit, "quit"),
+        ],
+    };
+    main.iter()
+        .filter_map(|(command, label)| {
+            // The first key is enough of a reminder; ? lists them all.
+            let keys = app.keymap.keys_of(*command);
+            let key = keys.split(' ').next().filter(|k| !k.is_empty())?;
+            Some(format!("{key} {label}"))
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// The keys of the current view, from the keymap, in two columns when
+/// the terminal is narrow.
+fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let entries = app.keymap.help(app.view);
+    let columns = if area.height as usize >= entries.len() + 4 {
+        1
+    } else {
+        2
+    };
+    let per_column = entries.len().div_ceil(columns);
+    let width = area
+        .width
+        .saturating_sub(2)
+        .min(if columns == 1 { 90 } else { 160 });
+    let popup = centered(area, width, per_column as u16 + 2);
+    // Each column's keys as wide as its widest.
+    let keys_width = |column: usize| {
+        entries
+            .iter()
+            .skip(column * per_column)
+            .take(per_column)
+            .map(|(keys, _)| keys.chars().count() as u16 + 1)
+            .max()
+            .unwrap_or(1)
+    };
+    let rows: Vec<Row> = (0..per_column)
+        .map(|i| {
+            let mut cells = Vec::new();
+            for column in 0..columns {
+                match entries.get(column * per_column + i) {
+                    Some((keys, what)) => {
+                        cells.push(Cell::from(keys.clone()).style(theme.ok));
+                        cells.push(Cell::from(what.as_str()));
+                    }
+                    None => {
+                        cells.push(Cell::from(""));
+                        cells.push(Cell::from(""));
+                    }
+                }
+            }
+            Row::new(cells)
+        })
+        .collect();
+    let mut widths = Vec::new();
+    for column in 0..columns {
+        widths.push(Constraint::Length(keys_width(column)));
+        widths.push(Constraint::Fill(1));
+    }
+    let widget = Table::new(rows, widths).block(
         Block::default()
             .borders(Borders::ALL)
             .border_style(theme.border)
-            .title("Keys (any key closes)"),
+            .title(format!(
+                "Keys in {} (any key closes; rebind in console.toml [keys])",
+                app.view.name()
+            )),
     );
     frame.render_widget(Clear, popup);
     frame.render_widget(widget, popup);
