@@ -785,18 +785,32 @@ impl Control for ControlService {
                         spec.replicas = 0;
                     }
                     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
-                    let paused = service.update_status.as_ref().is_some_and(|u| {
-                        matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused)
+                    let paused = service.update_status.as_ref().map(|u| u.state).filter(|s| {
+                        matches!(s, UpdateState::Paused | UpdateState::RollbackPaused)
                     });
                     if spec.task != service.spec.task {
                         service.previous_spec = Some(service.spec.clone());
                         // The update supervisor sets the new status when it
                         // starts replacing tasks.
                         service.update_status = None;
-                    } else if paused {
-                        // Updating a paused service resumes it: the
-                        // supervisor starts again on what is still outdated.
-                        service.update_status = None;
+                    } else if let Some(paused) = paused {
+                        // Updating a paused service resumes it where it
+                        // stopped: a rollback stays a rollback (with its own
+                        // config), and an update whose last batch was
+                        // already out still gets its verdict. Failures count
+                        // from now, or the ones that paused it would pause
+                        // it again at once.
+                        let (state, message) = if paused == UpdateState::RollbackPaused {
+                            (UpdateState::RollbackStarted, "rollback resumed")
+                        } else {
+                            (UpdateState::Updating, "update resumed")
+                        };
+                        service.update_status = Some(UpdateStatus {
+                            state,
+                            started_at: now,
+                            completed_at: 0,
+                            message: message.into(),
+                        });
                     }
                     service.spec = spec;
                 }
