@@ -238,6 +238,19 @@ pub struct UpdateProgress {
     pub total: u64,
 }
 
+/// A slot in a rolling update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Runs the service's current spec.
+    Updated,
+    /// Its task with the current spec is on its way.
+    Starting,
+    /// Its task with the current spec failed.
+    Failed,
+    /// Still on an older spec.
+    Outdated,
+}
+
 #[derive(Clone, Debug)]
 pub struct Model {
     pub nodes: BTreeMap<String, pb::Node>,
@@ -698,6 +711,42 @@ impl Model {
             updated,
             total: self.replicas(service).1,
         })
+    }
+
+    /// Where each of a service's first `limit` slots (nodes, for a global
+    /// service) stands in its update, from the slot's newest task. Walks
+    /// only those slots' tasks, so a huge service costs what is drawn.
+    pub fn slot_states(&self, service: &pb::Service, limit: usize) -> Vec<SlotState> {
+        let id = id_of(&service.meta);
+        let current = service.spec.as_ref().and_then(|s| s.task.as_ref());
+        let mut states = Vec::new();
+        let mut last_slot: Option<(u64, &str)> = None;
+        for task in self.tasks_of(&id) {
+            let slot = (task.slot, task.node_id.as_str());
+            let slot = if task.slot == 0 {
+                slot
+            } else {
+                (task.slot, "")
+            };
+            // Newest first within a slot: the first task seen decides.
+            if last_slot == Some(slot) {
+                continue;
+            }
+            if states.len() == limit {
+                break;
+            }
+            last_slot = Some(slot);
+            let state = task.status.as_ref().map_or(0, |s| s.state);
+            let failed =
+                state == pb::TaskState::Failed as i32 || state == pb::TaskState::Rejected as i32;
+            states.push(match (task.spec.as_ref() == current, state) {
+                (false, _) => SlotState::Outdated,
+                (true, _) if failed => SlotState::Failed,
+                (true, s) if s == pb::TaskState::Running as i32 => SlotState::Updated,
+                (true, _) => SlotState::Starting,
+            });
+        }
+        states
     }
 
     /// Running and desired task counts of a service, from the tasks seen.

@@ -13,7 +13,7 @@ use super::app::{
     UpdateForm, View, sort_columns,
 };
 use super::keymap::Command;
-use super::state::{Connection, Level, LogRow, Model};
+use super::state::{Connection, Level, LogRow, Model, SlotState};
 use super::theme::Theme;
 use crate::cli::output::{
     availability_name, capitalize, manager_status_name, node_state_name, short, task_state_name,
@@ -384,9 +384,14 @@ fn render_services(frame: &mut Frame, area: Rect, app: &App, model: &Model, them
         .and_then(|s| Some((s, model.update_progress(s)?)));
     let area = match progress {
         Some((service, progress)) => {
-            let [table, line] =
-                Layout::vertical([Constraint::Min(2), Constraint::Length(1)]).areas(area);
+            let [table, line, slots] = Layout::vertical([
+                Constraint::Min(2),
+                Constraint::Length(1),
+                Constraint::Length(1),
+            ])
+            .areas(area);
             render_update_progress(frame, line, service, &progress, theme);
+            render_slots(frame, slots, model, service, theme);
             table
         }
         None => area,
@@ -485,6 +490,33 @@ fn render_update_progress(
         text.push_str(&format!(": {}", progress.message));
     }
     frame.render_widget(Paragraph::new(Span::styled(text, style)), area);
+}
+
+/// The update slot by slot: one mark per slot, as far as the line goes.
+fn render_slots(
+    frame: &mut Frame,
+    area: Rect,
+    model: &Model,
+    service: &pb::Service,
+    theme: &Theme,
+) {
+    const LABEL: &str = "slots ";
+    let room = (area.width as usize).saturating_sub(LABEL.len() + 12) / 2;
+    let states = model.slot_states(service, room + 1);
+    let mut spans = vec![Span::styled(LABEL, theme.dim)];
+    for state in states.iter().take(room) {
+        spans.push(match state {
+            SlotState::Updated => Span::styled("■ ", theme.ok),
+            SlotState::Starting => Span::styled("▣ ", theme.warn),
+            SlotState::Failed => Span::styled("✗ ", theme.error),
+            SlotState::Outdated => Span::styled("□ ", theme.dim),
+        });
+    }
+    if states.len() > room {
+        spans.push(Span::styled("…", theme.dim));
+    }
+    spans.push(Span::styled(" ■ new □ old ✗ failed", theme.dim));
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
 fn render_tasks(
