@@ -785,9 +785,10 @@ impl Control for ControlService {
                         spec.replicas = 0;
                     }
                     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
-                    let paused = service.update_status.as_ref().map(|u| u.state).filter(|s| {
-                        matches!(s, UpdateState::Paused | UpdateState::RollbackPaused)
-                    });
+                    let paused =
+                        service.update_status.as_ref().map(|u| u.state).filter(|s| {
+                            matches!(s, UpdateState::Paused | UpdateState::RollbackPaused)
+                        });
                     if spec.task != service.spec.task {
                         service.previous_spec = Some(service.spec.clone());
                         // The update supervisor sets the new status when it

@@ -29,6 +29,9 @@ use crate::store::*;
 #[derive(Default)]
 pub struct Updates {
     dirty: HashSet<String>,
+    /// Services whose update or rollback is in progress, as of the last
+    /// pass.
+    updating: HashSet<String>,
     /// Per service: when its next batch may start (the delay after the
     /// previous batch became ready).
     next_batch_at: HashMap<String, Instant>,
@@ -65,16 +68,27 @@ impl Reconciler for Updates {
             let tables = ctx.store.read();
             // Services mid-update are looked at on every pass: their
             // timers (delay, monitor period) fire without store events.
-            let services: Vec<Arc<Service>> = tables
-                .services
+            // Only those and the changed ones are read, so a pass costs
+            // what changed, not the number of services.
+            let services: Vec<Arc<Service>> = if full {
+                tables.services.iter().cloned().collect()
+            } else {
+                self.dirty
+                    .iter()
+                    .chain(self.updating.iter().filter(|id| !self.dirty.contains(*id)))
+                    .filter_map(|id| tables.services.get(id).cloned())
+                    .collect()
+            };
+            // Every service whose status could have changed is in hand:
+            // the others stay as they were.
+            self.updating = services
                 .iter()
                 .filter(|s| {
-                    full || self.dirty.contains(&s.meta.id)
-                        || s.update_status
-                            .as_ref()
-                            .is_some_and(|u| u.state.in_progress())
+                    s.update_status
+                        .as_ref()
+                        .is_some_and(|u| u.state.in_progress())
                 })
-                .cloned()
+                .map(|s| s.meta.id.clone())
                 .collect();
             let mut ops = Vec::new();
             for service in services {
