@@ -211,6 +211,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}); use forms like 10s, 1m30s, 500ms"))
 }
 
+/// The health a task reported, when it has a health check.
+pub fn health_name(health: i32) -> Option<&'static str> {
+    match pb::HealthState::try_from(health) {
+        Ok(pb::HealthState::Starting) => Some("starting"),
+        Ok(pb::HealthState::Healthy) => Some("healthy"),
+        Ok(pb::HealthState::Unhealthy) => Some("unhealthy"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use shoal_proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
 
 use super::output::{
-    Format, Table, ago, key_value, parse_duration, print_json, short, task_state_name,
+    Format, Table, ago, health_name, key_value, parse_duration, print_json, short, task_state_name,
     update_state_name, warn_if_stale,
 };
 use super::{Target, rpc_error};
@@ -1051,16 +1051,6 @@ fn print_pretty(detail: &Value) {
         }
     }
     println!();
-}
-
-/// The health a task reported, when it has a health check.
-fn health_name(health: i32) -> Option<&'static str> {
-    match pb::HealthState::try_from(health) {
-        Ok(pb::HealthState::Starting) => Some("starting"),
-        Ok(pb::HealthState::Healthy) => Some("healthy"),
-        Ok(pb::HealthState::Unhealthy) => Some("unhealthy"),
-        _ => None,
-    }
 }
 
 fn task_name(task: &pb::Task) -> String {

@@ -17,8 +17,8 @@ use shoal_proto::v1 as pb;
 
 use super::state::Model;
 use crate::cli::output::{
-    availability_name, capitalize, human, manager_status_name, node_state_name, role_name, short,
-    task_state_name, update_state_name,
+    availability_name, capitalize, health_name, human, manager_status_name, node_state_name,
+    role_name, short, task_state_name, update_state_name,
 };
 
 /// What the pane shows: the id of a node, service or task.
@@ -371,15 +371,6 @@ fn task_name(model: &Model, task: &pb::Task) -> String {
         format!("{}.{}", task.service_name, task.slot)
     } else {
         format!("{}.{}", task.service_name, model.hostname(&task.node_id))
-    }
-}
-
-fn health_name(health: i32) -> Option<&'static str> {
-    match pb::HealthState::try_from(health) {
-        Ok(pb::HealthState::Starting) => Some("starting"),
-        Ok(pb::HealthState::Healthy) => Some("healthy"),
-        Ok(pb::HealthState::Unhealthy) => Some("unhealthy"),
-        _ => None,
     }
 }
 
