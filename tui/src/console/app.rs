@@ -472,6 +472,9 @@ pub struct App {
     pub keymap: Keymap,
     /// The service whose tasks the tasks view shows.
     pub focus_service: Option<String>,
+    /// The node whose tasks the tasks view shows, when no service is
+    /// focused.
+    pub focus_node: Option<String>,
     /// The service whose logs the logs view shows.
     pub logs_service: Option<String>,
     /// Logs view: frozen at this line count (paused), or following.
@@ -512,6 +515,7 @@ impl Default for App {
             mode: Mode::Normal,
             keymap: Keymap::default(),
             focus_service: None,
+            focus_node: None,
             logs_service: None,
             logs_paused_at: None,
             logs_timestamps: false,
@@ -710,9 +714,23 @@ impl App {
                 }
                 services.into_iter().map(|(id, _)| id.clone()).collect()
             }
-            View::Tasks => match &self.focus_service {
-                Some(service) => self.task_rows(model, service).map(str::to_string).collect(),
-                None => Vec::new(),
+            View::Tasks => match (&self.focus_service, &self.focus_node) {
+                (Some(service), _) => self.task_rows(model, service).map(str::to_string).collect(),
+                (None, Some(node)) => {
+                    let hostname = model.hostname(node);
+                    model
+                        .task_ids_on(node)
+                        .into_iter()
+                        .filter(|id| {
+                            filter.is_empty()
+                                || keep(format!(
+                                    "{} {hostname}",
+                                    model.task(id).map_or("", |t| t.service_name.as_str())
+                                ))
+                        })
+                        .collect()
+                }
+                (None, None) => Vec::new(),
             },
             View::Events => (0..model.events.len())
                 .filter(|i| model.events[*i].level >= EVENT_LEVELS[self.events_level].1)
@@ -1090,11 +1108,18 @@ impl App {
         match (self.view, command) {
             (View::Services, Command::Open) => {
                 self.focus_service = Some(id);
+                self.focus_node = None;
                 self.switch(View::Tasks);
                 self.set_selected(0);
             }
             (View::Services, Command::Inspect) => self.inspect(Object::Service(id)),
             (View::Nodes, Command::Open | Command::Inspect) => self.inspect(Object::Node(id)),
+            (View::Nodes, Command::NodeTasks) => {
+                self.focus_node = Some(id);
+                self.focus_service = None;
+                self.switch(View::Tasks);
+                self.set_selected(0);
+            }
             (View::Tasks, Command::Open | Command::Inspect) => self.inspect(Object::Task(id)),
             (View::Services, Command::Scale) => {
                 let current = model
@@ -1129,6 +1154,7 @@ impl App {
                     (super::problems::Target::Node(_), _) => self.switch(View::Nodes),
                     (super::problems::Target::Service(service), _) => {
                         self.focus_service = Some(service);
+                        self.focus_node = None;
                         self.switch(View::Tasks);
                     }
                     (super::problems::Target::Cluster, _) => self.switch(View::Cluster),

@@ -44,6 +44,7 @@ pub enum Command {
     SortReverse,
     CopyId,
     Logs,
+    NodeTasks,
     Scale,
     Update,
     PauseUpdate,
@@ -303,6 +304,13 @@ pub const DEFAULTS: &[Binding] = &[
         &["l"],
         Scope::Views(&[View::Services, View::Tasks, View::Problems]),
         "follow the service's logs",
+    ),
+    bind(
+        Command::NodeTasks,
+        "node-tasks",
+        &["t"],
+        NODES,
+        "tasks on this node",
     ),
     bind(
         Command::Scale,

@@ -684,6 +684,31 @@ impl Model {
             .filter_map(|order| self.tasks.get(&order.id))
     }
 
+    /// Ids of the tasks on a node, in the order `node ps` lists them: by
+    /// service and slot, newest first within a slot. Walks every task, so
+    /// it is for one node's view, not for each frame of a big service.
+    pub fn task_ids_on(&self, node_id: &str) -> Vec<String> {
+        let mut tasks: Vec<&pb::Task> = self
+            .tasks
+            .values()
+            .filter(|t| t.node_id == node_id)
+            .collect();
+        let created = |t: &pb::Task| t.meta.as_ref().map_or(0, |m| m.created_at_ms);
+        tasks.sort_by(|a, b| {
+            (
+                a.service_name.as_str(),
+                slot_key(a),
+                std::cmp::Reverse(created(a)),
+            )
+                .cmp(&(
+                    b.service_name.as_str(),
+                    slot_key(b),
+                    std::cmp::Reverse(created(b)),
+                ))
+        });
+        tasks.into_iter().map(|t| id_of(&t.meta)).collect()
+    }
+
     /// Tasks meant to run on a node that run.
     pub fn running_on(&self, node_id: &str) -> usize {
         self.task_index

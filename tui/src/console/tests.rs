@@ -1237,3 +1237,24 @@ fn e_narrows_events_to_warnings_then_errors_and_t_fetches_join_tokens() {
     assert_eq!(app.on_key(key(KeyCode::Char('T')), &model), None);
     assert_eq!(app.tokens, None);
 }
+
+#[test]
+fn t_on_a_node_lists_its_tasks_across_services() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    // manager-2 runs web.2 now.
+    app.on_key(key(KeyCode::Char('j')), &model);
+    app.on_key(key(KeyCode::Char('t')), &model);
+    assert_eq!(app.view, View::Tasks);
+    assert_eq!(app.rows(&model), ["t2"]);
+    let text = screen(&app, &model);
+    assert!(text.contains("Tasks on manager-2"), "{text}");
+    assert!(text.contains("web.2"), "{text}");
+    // Enter on a service goes back to the service's tasks.
+    app.on_key(key(KeyCode::Char('2')), &model);
+    app.on_key(key(KeyCode::Enter), &model);
+    assert!(screen(&app, &model).contains("Tasks of web"));
+}

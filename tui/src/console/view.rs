@@ -527,22 +527,30 @@ fn render_tasks(
     theme: &Theme,
     now_ms: i64,
 ) {
-    let Some(service_id) = &app.focus_service else {
-        frame.render_widget(
-            Paragraph::new(
-                "Select a service in the services view (2) and press Enter to see its tasks.",
-            )
-            .block(Block::default().borders(Borders::TOP).title("Tasks")),
-            area,
-        );
-        return;
+    let title = match (&app.focus_service, &app.focus_node) {
+        (Some(service_id), _) => format!(
+            "Tasks of {}",
+            model
+                .services
+                .get(service_id)
+                .and_then(|s| s.spec.as_ref())
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| "(removed)".into())
+        ),
+        (None, Some(node_id)) => format!("Tasks on {}", model.hostname(node_id)),
+        (None, None) => {
+            frame.render_widget(
+                Paragraph::new(
+                    "Select a service in the services view (2) and press Enter, or a node in \
+                     the nodes view (1) and press t, to see tasks.",
+                )
+                .wrap(Wrap { trim: true })
+                .block(Block::default().borders(Borders::TOP).title("Tasks")),
+                area,
+            );
+            return;
+        }
     };
-    let name = model
-        .services
-        .get(service_id)
-        .and_then(|s| s.spec.as_ref())
-        .map(|s| s.name.clone())
-        .unwrap_or_else(|| "(removed)".into());
     let Page {
         ids,
         previous,
@@ -590,9 +598,11 @@ fn render_tasks(
                 }),
                 Cell::from(capitalize(task_state_name(task.desired_state))),
                 Cell::from(format!(
-                    "{} {}",
+                    "{} {}{}",
                     capitalize(task_state_name(status.state)),
-                    age(now_ms, status.timestamp_ms)
+                    age(now_ms, status.timestamp_ms),
+                    crate::cli::output::health_name(status.health)
+                        .map_or(String::new(), |h| format!(" ({h})"))
                 ))
                 .style(state_style(theme, running, failed)),
                 Cell::from(status.err.clone()).style(theme.error),
@@ -610,7 +620,7 @@ fn render_tasks(
             Constraint::Length(12),
             Constraint::Min(10),
         ],
-        filter_title(&format!("Tasks of {name}"), app),
+        filter_title(&title, app),
         theme,
     );
     frame.render_stateful_widget(widget, area, &mut state);
@@ -1105,6 +1115,7 @@ fn hints(app: &App, view: View) -> String {
     let main: &[(Command, &str)] = match view {
         View::Nodes => &[
             (Command::Open, "inspect"),
+            (Command::NodeTasks, "tasks"),
             (Command::Activate, "active"),
             (Command::Pause, "pause"),
             (Command::Drain, "drain"),
