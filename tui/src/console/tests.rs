@@ -1258,3 +1258,38 @@ fn t_on_a_node_lists_its_tasks_across_services() {
     app.on_key(key(KeyCode::Enter), &model);
     assert!(screen(&app, &model).contains("Tasks of web"));
 }
+
+#[test]
+fn every_view_at_80x24_and_160x48() {
+    let mut model = model();
+    model.events.push_front(super::state::EventLine {
+        time_ms: NOW - 5_000,
+        level: Level::Error,
+        text: "node worker-1 is down".into(),
+        subject: Default::default(),
+    });
+    model.add_logs(
+        (1..=60)
+            .map(|i| super::state::LogRow {
+                timestamp_ns: NOW * 1_000_000 + i,
+                source: "web.1@manager-1".into(),
+                stderr: i % 10 == 0,
+                text: format!("GET /health 200 request {i}"),
+            })
+            .collect(),
+    );
+    for view in View::ALL {
+        let app = App {
+            view,
+            focus_service: Some("svc-web".into()),
+            logs_service: Some("svc-web".into()),
+            ..App::default()
+        };
+        for (width, height) in [(80, 24), (160, 48)] {
+            insta::assert_snapshot!(
+                format!("view_{}_{width}x{height}", view.name()),
+                screen_of_size(&app, &model, width, height)
+            );
+        }
+    }
+}
