@@ -866,13 +866,23 @@ impl App {
         }
     }
 
-    /// The rows an action applies to: the marked ones, or the selected.
+    /// The rows an action applies to: the marked ones in display order
+    /// (then any a filter now hides), or the selected one.
     fn targets(&self, model: &Model) -> Vec<String> {
         if self.marks.is_empty() {
-            self.selected_id(model).into_iter().collect()
-        } else {
-            self.marks.iter().cloned().collect()
+            return self.selected_id(model).into_iter().collect();
         }
+        let mut targets: Vec<String> = self
+            .rows(model)
+            .into_iter()
+            .filter(|id| self.marks.contains(id))
+            .collect();
+        for id in &self.marks {
+            if !targets.contains(id) {
+                targets.push(id.clone());
+            }
+        }
+        targets
     }
 
     fn normal_key(&mut self, key: KeyEvent, model: &Model) -> Option<Action> {

@@ -1293,3 +1293,27 @@ fn every_view_at_80x24_and_160x48() {
         }
     }
 }
+
+#[test]
+fn a_bulk_action_takes_marked_rows_in_the_order_shown() {
+    let model = model();
+    let mut app = App {
+        view: View::Nodes,
+        ..App::default()
+    };
+    // Reversed: worker-1, manager-2, manager-1.
+    app.on_key(key(KeyCode::Char('O')), &model);
+    app.on_key(key(KeyCode::Char(' ')), &model);
+    app.on_key(key(KeyCode::Char(' ')), &model);
+    let Some(Action::Many(actions)) = app.on_key(key(KeyCode::Char('a')), &model) else {
+        panic!("no bulk action");
+    };
+    let nodes: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Availability { node, .. } => Some(model.hostname(node)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nodes, ["worker-1", "manager-2"]);
+}

@@ -530,7 +530,20 @@ impl Executor for ProcessExecutor {
                     kill_orphan(&dir);
                 }
             }
-            match tokio::fs::remove_dir_all(&dir).await {
+            // A killed process's last output, or the exit record of the
+            // agent that started it, can land while the directory goes:
+            // try again briefly rather than leave the task behind.
+            let mut result = tokio::fs::remove_dir_all(&dir).await;
+            for _ in 0..10 {
+                match &result {
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        result = tokio::fs::remove_dir_all(&dir).await;
+                    }
+                    _ => break,
+                }
+            }
+            match result {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(runtime_error(
