@@ -7,7 +7,7 @@ pub mod info;
 pub(crate) mod node;
 pub mod output;
 pub(crate) mod service;
-mod swarm;
+pub(crate) mod swarm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

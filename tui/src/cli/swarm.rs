@@ -179,8 +179,8 @@ pub async fn run(target: &Target, command: SwarmCommand) -> anyhow::Result<()> {
             if !worker.is_empty() {
                 println!("To add a worker to this swarm, run the following command:\n");
                 println!(
-                    "    shoal swarm join --token {worker} {}\n",
-                    args.advertise_addr
+                    "    {}\n",
+                    join_command(&worker, std::slice::from_ref(&args.advertise_addr))
                 );
             }
             println!(
@@ -231,13 +231,8 @@ pub async fn run(target: &Target, command: SwarmCommand) -> anyhow::Result<()> {
             if args.rotate {
                 println!("Successfully rotated {name} join token.\n");
             }
-            let addr = response
-                .manager_addrs
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "MANAGER_ADDR".into());
             println!("To add a {name} to this swarm, run the following command:\n");
-            println!("    shoal swarm join --token {token} {addr}\n");
+            println!("    {}\n", join_command(&token, &response.manager_addrs));
         }
         SwarmCommand::Leave { force } => {
             client
@@ -377,4 +372,11 @@ fn write_credentials(
         file.sync_all()?;
     }
     Ok(())
+}
+
+/// The command that joins a node with `token` through the first of
+/// `manager_addrs`, as `swarm join-token` prints it.
+pub(crate) fn join_command(token: &str, manager_addrs: &[String]) -> String {
+    let addr = manager_addrs.first().map_or("MANAGER_ADDR", String::as_str);
+    format!("shoal swarm join --token {token} {addr}")
 }

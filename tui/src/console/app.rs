@@ -866,6 +866,12 @@ impl App {
         }
     }
 
+    /// Rows a page key moves by: the screen less the header, the table's
+    /// title and column row, and the footer.
+    fn page_rows(&self) -> usize {
+        usize::from(self.screen_height.saturating_sub(6)).max(1)
+    }
+
     /// The rows an action applies to: the marked ones in display order
     /// (then any a filter now hides), or the selected one.
     fn targets(&self, model: &Model) -> Vec<String> {
@@ -889,7 +895,7 @@ impl App {
         let command = self.keymap.command(&key, self.view)?;
         let rows = self.row_count(model);
         let last = rows.saturating_sub(1);
-        let page = usize::from(self.screen_height.saturating_sub(6)).max(1);
+        let page = self.page_rows();
         if self.view == View::Logs
             && let Some(action) = self.logs_command(command, model)
         {
@@ -992,7 +998,7 @@ impl App {
                 let by = if command == Command::Up {
                     1
                 } else {
-                    u64::from(self.screen_height.saturating_sub(6)).max(1)
+                    self.page_rows() as u64
                 };
                 let at = self.logs_paused_at.unwrap_or(model.logs_received);
                 self.logs_paused_at = Some(at.saturating_sub(by).max(oldest + 1).max(1));
@@ -1001,7 +1007,7 @@ impl App {
                 let by = if command == Command::Down {
                     1
                 } else {
-                    u64::from(self.screen_height.saturating_sub(6)).max(1)
+                    self.page_rows() as u64
                 };
                 if let Some(at) = self.logs_paused_at {
                     self.logs_paused_at = (at + by < model.logs_received).then_some(at + by);
@@ -1037,7 +1043,7 @@ impl App {
         } else if key.code == KeyCode::Char(' ') {
             pane.scroll += page;
         } else {
-            match self.keymap.command(&key, View::Nodes) {
+            match self.keymap.command(&key, self.view) {
                 Some(Command::Back | Command::Quit) => return,
                 Some(Command::Down) => pane.scroll += 1,
                 Some(Command::Up) => pane.scroll = pane.scroll.saturating_sub(1),
@@ -1112,7 +1118,7 @@ impl App {
     fn object_command(&mut self, command: Command, model: &Model) -> Option<Action> {
         let id = self.selected_id(model)?;
         let targets = self.targets(model);
-        let nodes = |make: &dyn Fn(String) -> Action| {
+        let each_target = |make: &dyn Fn(String) -> Action| {
             Action::many(targets.iter().cloned().map(make).collect())
         };
         match (self.view, command) {
@@ -1199,43 +1205,44 @@ impl App {
                 };
             }
             (View::Services, Command::Rollback) => {
-                self.mode = Mode::Confirm(nodes(&|service| Action::Rollback { service })?)
+                self.mode = Mode::Confirm(each_target(&|service| Action::Rollback { service })?)
             }
             (View::Services, Command::Remove) => {
-                self.mode = Mode::Confirm(nodes(&|service| Action::RemoveService { service })?)
+                self.mode =
+                    Mode::Confirm(each_target(&|service| Action::RemoveService { service })?)
             }
             (View::Nodes, Command::Activate) => {
                 self.marks.clear();
-                return nodes(&|node| Action::Availability {
+                return each_target(&|node| Action::Availability {
                     node,
                     availability: pb::NodeAvailability::Active,
                 });
             }
             (View::Nodes, Command::Pause) => {
                 self.marks.clear();
-                return nodes(&|node| Action::Availability {
+                return each_target(&|node| Action::Availability {
                     node,
                     availability: pb::NodeAvailability::Pause,
                 });
             }
             (View::Nodes, Command::Remove) => {
-                self.mode = Mode::Confirm(nodes(&|node| Action::RemoveNode { node })?)
+                self.mode = Mode::Confirm(each_target(&|node| Action::RemoveNode { node })?)
             }
             (View::Nodes, Command::Drain) => {
-                self.mode = Mode::Confirm(nodes(&|node| Action::Availability {
+                self.mode = Mode::Confirm(each_target(&|node| Action::Availability {
                     node,
                     availability: pb::NodeAvailability::Drain,
                 })?)
             }
             (View::Nodes, Command::Promote) => {
                 self.marks.clear();
-                return nodes(&|node| Action::Role {
+                return each_target(&|node| Action::Role {
                     node,
                     role: pb::NodeRole::Manager,
                 });
             }
             (View::Nodes, Command::Demote) => {
-                self.mode = Mode::Confirm(nodes(&|node| Action::Role {
+                self.mode = Mode::Confirm(each_target(&|node| Action::Role {
                     node,
                     role: pb::NodeRole::Worker,
                 })?)

@@ -131,6 +131,17 @@ impl Pretty {
     }
 }
 
+/// What a service's and a task's container spec both show: the image,
+/// what runs, and its environment.
+fn container_fields(out: &mut Pretty, container: &pb::ContainerSpec) {
+    out.field(1, "Image", &container.image);
+    out.some(1, "Command", &container.command.join(" "));
+    out.some(1, "Args", &container.args.join(" "));
+    for env in &container.env {
+        out.field(1, "Env", env);
+    }
+}
+
 fn ago(now_ms: i64, then_ms: i64) -> String {
     if then_ms <= 0 {
         return String::new();
@@ -313,12 +324,7 @@ fn service_pretty(out: &mut Pretty, model: &Model, service: &pb::Service, now_ms
         out.field(1, "Update order", order_name(config.order));
     }
     out.section("ContainerSpec");
-    out.field(1, "Image", &container.image);
-    out.some(1, "Command", &container.command.join(" "));
-    out.some(1, "Args", &container.args.join(" "));
-    for env in &container.env {
-        out.field(1, "Env", env);
-    }
+    container_fields(out, &container);
     out.some(1, "Dir", &container.dir);
     out.some(1, "User", &container.user);
     if let Some(health) = &container.healthcheck {
@@ -436,11 +442,6 @@ fn task_pretty(out: &mut Pretty, model: &Model, task: &pb::Task, now_ms: i64) {
         out.field(1, "PID", status.pid);
     }
     out.section("Spec");
-    out.field(1, "Image", &container.image);
-    out.some(1, "Command", &container.command.join(" "));
-    out.some(1, "Args", &container.args.join(" "));
-    for env in &container.env {
-        out.field(1, "Env", env);
-    }
+    container_fields(out, &container);
     out.field(1, "Spec version", task.spec_version);
 }

@@ -42,6 +42,7 @@ use tonic::transport::Channel;
 
 use crate::cli::Target;
 use crate::cli::output::now_ms;
+use crate::cli::swarm::join_command;
 use app::{Action, App};
 use state::{Connection, Level, Model};
 use theme::Theme;
@@ -470,14 +471,10 @@ async fn fetch_tokens(mut client: Client, tx: mpsc::Sender<Message>) {
         Ok(response) => {
             let response = response.into_inner();
             let tokens = response.tokens.unwrap_or_default();
-            let addr = response
-                .manager_addrs
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "MANAGER_ADDR".into());
+            let join = |token: &str| join_command(token, &response.manager_addrs);
             Message::Tokens(app::Tokens {
-                worker: format!("shoal swarm join --token {} {addr}", tokens.worker),
-                manager: format!("shoal swarm join --token {} {addr}", tokens.manager),
+                worker: join(&tokens.worker),
+                manager: join(&tokens.manager),
             })
         }
         Err(status) => Message::Done(Err(format!(

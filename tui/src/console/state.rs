@@ -747,12 +747,7 @@ impl Model {
         let mut states = Vec::new();
         let mut last_slot: Option<(u64, &str)> = None;
         for task in self.tasks_of(&id) {
-            let slot = (task.slot, task.node_id.as_str());
-            let slot = if task.slot == 0 {
-                slot
-            } else {
-                (task.slot, "")
-            };
+            let slot = slot_key(task);
             // Newest first within a slot: the first task seen decides.
             if last_slot == Some(slot) {
                 continue;
