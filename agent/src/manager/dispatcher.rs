@@ -30,6 +30,8 @@ use crate::store::*;
 
 /// Updates batched into one proposal at most.
 const STATUS_BATCH: usize = 2_000;
+/// Status proposals committing at once.
+const STATUS_PROPOSALS_IN_FLIGHT: usize = 4;
 
 pub struct Dispatcher {
     ctx: LeaderContext,
@@ -482,6 +484,16 @@ async fn route_changes(dispatcher: Arc<Dispatcher>) {
     }
 }
 
+/// Whether a task change is news for the node running it. Status changes
+/// are not: the node reported most of them itself, and echoing 100,000
+/// "running" reports back would double the traffic of every rollout.
+fn assignment_changed(old: &Task, new: &Task) -> bool {
+    old.node_id != new.node_id
+        || old.status.state < TaskState::Assigned
+        || old.desired_state != new.desired_state
+        || old.spec_version != new.spec_version
+}
+
 fn route(dispatcher: &Dispatcher, change: &Changes) {
     for event in &change.events {
         match &event.object {
@@ -493,7 +505,14 @@ fn route(dispatcher: &Dispatcher, change: &Changes) {
                 let assigned = task.status.state >= TaskState::Assigned
                     && !task.node_id.is_empty()
                     && event.action != Action::Remove;
-                if assigned && let Some(session) = dispatcher.session_of(&task.node_id) {
+                let news_for_node = match &event.old {
+                    Some(Object::Task(old)) => assignment_changed(old, task),
+                    _ => true,
+                };
+                if assigned
+                    && news_for_node
+                    && let Some(session) = dispatcher.session_of(&task.node_id)
+                {
                     session.touch(|p| {
                         p.removed.remove(&task.meta.id);
                         p.tasks.insert(task.meta.id.clone(), task.clone());
@@ -610,10 +629,17 @@ async fn watch_heartbeats(dispatcher: Arc<Dispatcher>) {
 
 /// Batches worker status reports into proposals.
 async fn commit_statuses(dispatcher: Arc<Dispatcher>, mut batches: mpsc::Receiver<StatusBatch>) {
+    // A few proposals in flight: raft syncs and replicates them together.
+    // Reports of one task landing out of order are harmless: the store
+    // ignores a status older than the one it has.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(STATUS_PROPOSALS_IN_FLIGHT));
     loop {
         let first = tokio::select! {
             batch = batches.recv() => match batch { Some(b) => b, None => return },
             () = dispatcher.ctx.shutdown.cancelled() => return,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
         };
         let mut waiting = vec![first.done];
         let mut updates = first.updates;
@@ -626,13 +652,24 @@ async fn commit_statuses(dispatcher: Arc<Dispatcher>, mut batches: mpsc::Receive
                 Err(_) => break,
             }
         }
+        let count = updates.len();
         let mut tx = Transaction::new(now_ms());
         for (id, status) in updates {
             tx.push(Op::Patch(Patch::TaskStatus { id, status }));
         }
-        let result = dispatcher.ctx.proposer.propose(tx).await.map(|_| ());
-        for done in waiting {
-            let _ = done.send(result.clone());
-        }
+        let proposer = dispatcher.ctx.proposer.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = proposer.propose(tx).await.map(|_| ());
+            drop(permit);
+            tracing::debug!(
+                updates = count,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "task statuses committed"
+            );
+            for done in waiting {
+                let _ = done.send(result.clone());
+            }
+        });
     }
 }

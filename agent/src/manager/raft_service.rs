@@ -94,8 +94,19 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let (manager, _) = self.authorize(&request, true).await?;
-        let rpc = decode(&request.get_ref().data).map_err(wire)?;
+        let started = std::time::Instant::now();
+        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
+            decode(&request.get_ref().data).map_err(wire)?;
+        let decoded = started.elapsed();
+        let entries = rpc.entries.len();
         let result = manager.raft.append_entries(rpc).await;
+        tracing::debug!(
+            entries,
+            bytes = request.get_ref().data.len(),
+            decode_ms = decoded.as_secs_f64() * 1000.0,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "append entries handled"
+        );
         Ok(Response::new(pb::RaftPayload {
             data: encode(&result).map_err(wire)?,
         }))

@@ -49,6 +49,29 @@ impl Default for RaftTiming {
     }
 }
 
+/// The runtime raft runs on, apart from the one serving sessions and the
+/// control API. openraft gives an append one heartbeat interval (50 ms) to
+/// complete; on a leader serving thousands of sessions on two cores, raft's
+/// tasks queued behind session work missed that again and again, and
+/// followers fell behind for good. On threads of their own, the OS
+/// schedules them as soon as they wake. Process-wide and never dropped: a
+/// runtime cannot be dropped from async code, and managers come and go.
+fn raft_runtime() -> Result<&'static tokio::runtime::Runtime, StartError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("raft")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start raft's threads: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| StartError::Raft(e.clone()))
+}
+
 /// Raft entries kept after a snapshot (swarmkit keeps 500 as well).
 pub const LOG_ENTRIES_FOR_SLOW_FOLLOWERS: u64 = 500;
 
@@ -134,8 +157,18 @@ impl ManagerRuntime {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let raft = Raft::new(raft_id, Arc::new(config), network, log_store, state_machine)
+        // Raft's tasks (core, replication, log and state machine workers)
+        // are spawned where Raft::new runs: on the raft runtime.
+        let raft = raft_runtime()?
+            .spawn(Raft::new(
+                raft_id,
+                Arc::new(config),
+                network,
+                log_store,
+                state_machine,
+            ))
             .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (events, _) = broadcast::channel(256);
         let runtime = Arc::new(ManagerRuntime {
@@ -192,16 +225,7 @@ impl ManagerRuntime {
 
     /// Waits (briefly) until the local store has applied `version`.
     async fn wait_applied(&self, version: u64) {
-        let mut changes = self.store.subscribe();
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-            while self.store.version() < version {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await
-                {
-                    return;
-                }
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.store.wait_for(version)).await;
     }
 
     /// Waits (at most a few election timeouts) until raft names a leader

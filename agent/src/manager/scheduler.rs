@@ -173,10 +173,14 @@ impl NodeInfo {
 
     fn add(&mut self, service_id: &str, reservations: &Resources) {
         self.tasks += 1;
-        *self
-            .tasks_by_service
-            .entry(service_id.to_string())
-            .or_default() += 1;
+        // Counted once per task of the cluster on every pass: no key
+        // allocation for services already seen.
+        match self.tasks_by_service.get_mut(service_id) {
+            Some(count) => *count += 1,
+            None => {
+                self.tasks_by_service.insert(service_id.to_string(), 1);
+            }
+        }
         self.reserved.nano_cpus += reservations.nano_cpus;
         self.reserved.memory_bytes += reservations.memory_bytes;
     }

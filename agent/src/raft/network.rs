@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,12 +23,34 @@ use shoal_proto::v1::RaftPayload;
 use shoal_proto::v1::raft_client::RaftClient;
 use tonic::transport::Channel;
 
-use super::types::{RaftId, RaftMember, TypeConfig};
+use super::types::{LogId, RaftId, RaftMember, TypeConfig, Vote};
 use crate::pki::tls::NodeTls;
 
 /// Raft messages can carry large batches; gRPC's default 4 MiB cap is too
 /// small for a batch of big transactions.
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Ops one append-entries message carries at most (one entry may carry
+/// more). openraft gives an append the heartbeat interval to complete,
+/// encoding, sending and the peer's durable write included; a catching-up
+/// peer offered 256 entries of 1,000 ops could never finish one in time,
+/// and would stay behind forever.
+const APPEND_OPS: usize = 2_000;
+
+/// How many of `entries`, from the first, fit in `budget` ops (at least
+/// one, so that progress is always possible).
+fn entries_within(entries: &[super::types::Entry], budget: usize) -> usize {
+    let mut ops = 0;
+    let mut fitting = 0;
+    for entry in entries {
+        ops += super::types::entry_ops(entry);
+        if ops > budget && fitting > 0 {
+            break;
+        }
+        fitting += 1;
+    }
+    fitting
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -85,19 +108,52 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             shoal_proto::MANAGER_SERVER_NAME,
         );
         PeerConnection {
-            target,
-            member: node.clone(),
-            client: channel.ok().map(|c| {
-                RaftClient::new(c)
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
-            }),
-            contacts: self.contacts.clone(),
+            peer: Peer {
+                target,
+                member: node.clone(),
+                client: channel.ok().map(|c| {
+                    RaftClient::new(c)
+                        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                        .max_encoding_message_size(MAX_RAFT_MESSAGE)
+                }),
+                contacts: self.contacts.clone(),
+            },
+            outliving: None,
         }
     }
 }
 
+/// How long an append may run on after openraft stopped waiting for it.
+const OUTLIVING_APPEND_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The connection raft replicates to one peer through.
+///
+/// openraft gives an append one heartbeat interval (50 ms) and then sends
+/// it again. On a loaded machine an append of a few thousand ops can take
+/// longer; cancelled every time, it would never land, and the peer would
+/// stay behind for good. So an append with entries runs as a task of its
+/// own that outlives openraft's deadline, and openraft's next attempt at
+/// the same entries waits for that one instead of starting over.
 pub struct PeerConnection {
+    peer: Peer,
+    outliving: Option<OutlivingAppend>,
+}
+
+/// Which entries an append carries, for whom: two appends with the same
+/// key ask the peer the same thing (the commit index they carry may
+/// differ, and the peer learns it with the next message).
+type AppendKey = (Vote, Option<LogId>, Option<LogId>);
+
+type AppendResult = RpcResult<AppendEntriesResponse<RaftId>, openraft::error::Infallible>;
+
+struct OutlivingAppend {
+    key: AppendKey,
+    task: tokio::task::JoinHandle<AppendResult>,
+}
+
+/// One peer's address and client; cheap to clone into a task.
+#[derive(Clone)]
+struct Peer {
     target: RaftId,
     member: RaftMember,
     /// None when the address does not parse; every call then fails as
@@ -108,7 +164,7 @@ pub struct PeerConnection {
 
 type RpcResult<T, E> = Result<T, RPCError<RaftId, RaftMember, RaftError<RaftId, E>>>;
 
-impl PeerConnection {
+impl Peer {
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
@@ -200,7 +256,41 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<RaftId>, openraft::error::Infallible> {
-        self.call(Method::Append, &rpc, &option).await
+        let fitting = entries_within(&rpc.entries, APPEND_OPS);
+        if fitting < rpc.entries.len() {
+            // openraft sends the rest in later messages.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting as u64),
+            ));
+        }
+        let Some(last) = rpc.entries.last() else {
+            // A heartbeat: small, and worthless once late.
+            return self.peer.call(Method::Append, &rpc, &option).await;
+        };
+        let key: AppendKey = (rpc.vote, rpc.prev_log_id, Some(last.log_id));
+        let resumable = self.outliving.as_ref().is_some_and(|a| a.key == key);
+        if !resumable {
+            // A different request: one still running (if any) goes on
+            // alone, harmlessly, until it ends.
+            let mut peer = self.peer.clone();
+            let option = RPCOption::new(OUTLIVING_APPEND_DEADLINE);
+            let task = tokio::spawn(async move { peer.call(Method::Append, &rpc, &option).await });
+            self.outliving = Some(OutlivingAppend { key, task });
+        }
+        let Some(outliving) = self.outliving.as_mut() else {
+            return Err(RPCError::Network(NetworkError::new(&WireError(
+                "append task vanished".into(),
+            ))));
+        };
+        // If openraft's deadline cancels this wait, the task runs on.
+        let result = (&mut outliving.task).await;
+        self.outliving = None;
+        match result {
+            Ok(outcome) => outcome,
+            Err(e) => Err(RPCError::Network(NetworkError::new(&WireError(format!(
+                "append task failed: {e}"
+            ))))),
+        }
     }
 
     async fn install_snapshot(
@@ -208,7 +298,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<RaftId>, InstallSnapshotError> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        self.peer.call(Method::Snapshot, &rpc, &option).await
     }
 
     async fn vote(
@@ -216,7 +306,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<RaftId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<RaftId>, openraft::error::Infallible> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.peer.call(Method::Vote, &rpc, &option).await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -61,30 +61,39 @@ fn decode(meta: &SnapshotMeta, data: &[u8]) -> Result<StoreSnapshot, postcard::E
     Ok(snapshot)
 }
 
+/// Serializes the store and keeps it as the latest snapshot.
+fn build(store: &Store, db: &RaftDb) -> Result<Snapshot, String> {
+    let (data, applied) = store.encode_snapshot().map_err(|e| e.to_string())?;
+    let last = applied.last_applied;
+    let mut nonce = [0u8; 4];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let meta = SnapshotMeta {
+        last_log_id: last,
+        last_membership: applied.membership,
+        snapshot_id: format!(
+            "{}-{}-{}",
+            last.map_or(0, |l| l.leader_id.term),
+            last.map_or(0, |l| l.index),
+            u32::from_be_bytes(nonce)
+        ),
+    };
+    db.save_snapshot(&meta, &data).map_err(|e| e.to_string())?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
+    })
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let snapshot = self.store.snapshot();
-        let data = postcard::to_allocvec(&snapshot).map_err(snapshot_error)?;
-        let last = snapshot.raft.last_applied;
-        let mut nonce = [0u8; 4];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: snapshot.raft.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}-{}",
-                last.map_or(0, |l| l.leader_id.term),
-                last.map_or(0, |l| l.index),
-                u32::from_be_bytes(nonce)
-            ),
-        };
-        self.db
-            .save_snapshot(&meta, &data)
-            .map_err(snapshot_error)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        // Encoding and syncing a store of 100,000 tasks takes a while: off
+        // the async threads, which carry raft's heartbeats.
+        let store = self.store.clone();
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || build(&store, &db))
+            .await
+            .map_err(snapshot_error)?
+            .map_err(snapshot_error)
     }
 }
 

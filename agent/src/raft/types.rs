@@ -37,6 +37,15 @@ openraft::declare_raft_types!(
 );
 
 pub type LogId = openraft::LogId<RaftId>;
+
+/// An entry's weight in store ops: what bounds the log cache and the size
+/// of a replication message. Entries without ops weigh one.
+pub fn entry_ops(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(tx) => tx.len().max(1),
+        _ => 1,
+    }
+}
 pub type Vote = openraft::Vote<RaftId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<RaftId, RaftMember>;

@@ -18,7 +18,7 @@
 pub mod objects;
 pub mod query;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -38,7 +38,9 @@ const BROADCAST_CAPACITY: usize = 16_384;
 /// One write, proposed through raft as a single entry.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Transaction {
-    pub ops: Vec<Op>,
+    /// Shared, so that raft's copies of an entry (log cache, replication,
+    /// apply) cost a reference count, not a copy of 1,000 ops.
+    ops: Arc<Vec<Op>>,
     /// Unix ms, stamped by the proposer; the time of the resulting events.
     pub time: i64,
 }
@@ -88,23 +90,23 @@ pub enum Patch {
 impl Transaction {
     pub fn new(time: i64) -> Self {
         Transaction {
-            ops: Vec::new(),
+            ops: Arc::new(Vec::new()),
             time,
         }
     }
 
     pub fn create(mut self, object: impl StoreObject) -> Self {
-        self.ops.push(Op::Create(object.into_object()));
+        Arc::make_mut(&mut self.ops).push(Op::Create(object.into_object()));
         self
     }
 
     pub fn update(mut self, object: impl StoreObject) -> Self {
-        self.ops.push(Op::Update(object.into_object()));
+        Arc::make_mut(&mut self.ops).push(Op::Update(object.into_object()));
         self
     }
 
     pub fn delete<T: StoreObject>(mut self, object: &T) -> Self {
-        self.ops.push(Op::Delete {
+        Arc::make_mut(&mut self.ops).push(Op::Delete {
             kind: T::KIND,
             id: object.meta().id.clone(),
             version: Some(object.meta().version),
@@ -113,12 +115,12 @@ impl Transaction {
     }
 
     pub fn patch(mut self, patch: Patch) -> Self {
-        self.ops.push(Op::Patch(patch));
+        Arc::make_mut(&mut self.ops).push(Op::Patch(patch));
         self
     }
 
     pub fn push(&mut self, op: Op) {
-        self.ops.push(op);
+        Arc::make_mut(&mut self.ops).push(op);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,8 +243,10 @@ pub struct Tables {
     pub services: Table<Service>,
     pub tasks: Table<Task>,
     pub clusters: Table<Cluster>,
-    tasks_by_service: HashMap<String, BTreeSet<String>>,
-    tasks_by_node: HashMap<String, BTreeSet<String>>,
+    /// Tasks by service id and by node id, holding the same `Arc`s as
+    /// `tasks` so that walking a service's 100,000 tasks costs no lookups.
+    tasks_by_service: HashMap<String, TaskIndex>,
+    tasks_by_node: HashMap<String, TaskIndex>,
     service_by_name: HashMap<String, String>,
     /// Raft index of the last applied entry: the store's version.
     pub version: u64,
@@ -324,16 +328,14 @@ impl Tables {
         self.tasks_by_service
             .get(service_id)
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .flat_map(|tasks| tasks.values())
     }
 
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
         self.tasks_by_node
             .get(node_id)
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .flat_map(|tasks| tasks.values())
     }
 
     pub fn count_tasks_on_node(&self, node_id: &str) -> usize {
@@ -351,17 +353,18 @@ impl Tables {
                 self.services.items.insert(o.meta.id.clone(), Arc::new(o));
             }
             Object::Task(o) => {
+                let task = Arc::new(o);
                 self.tasks_by_service
-                    .entry(o.service_id.clone())
+                    .entry(task.service_id.clone())
                     .or_default()
-                    .insert(o.meta.id.clone());
-                if !o.node_id.is_empty() {
+                    .insert(task.meta.id.clone(), task.clone());
+                if !task.node_id.is_empty() {
                     self.tasks_by_node
-                        .entry(o.node_id.clone())
+                        .entry(task.node_id.clone())
                         .or_default()
-                        .insert(o.meta.id.clone());
+                        .insert(task.meta.id.clone(), task.clone());
                 }
-                self.tasks.items.insert(o.meta.id.clone(), Arc::new(o));
+                self.tasks.items.insert(task.meta.id.clone(), task);
             }
             Object::Cluster(o) => {
                 self.clusters.items.insert(o.meta.id.clone(), Arc::new(o));
@@ -401,7 +404,7 @@ impl Tables {
     fn apply(&mut self, version: u64, tx: &Transaction) -> Result<Vec<Event>, TxError> {
         self.check(tx)?;
         let mut events = Vec::with_capacity(tx.ops.len());
-        for op in &tx.ops {
+        for op in tx.ops.iter() {
             match op {
                 Op::Create(object) => {
                     let mut object = object.clone();
@@ -450,8 +453,7 @@ impl Tables {
             | Patch::TaskAssign { id, .. } => (Kind::Task, id),
             Patch::NodeStatus { id, .. } | Patch::NodeDescription { id, .. } => (Kind::Node, id),
         };
-        let old = self.get_object(kind, id)?;
-        let mut new = old.clone();
+        let mut new = self.get_object(kind, id)?;
         let changed = match (&mut new, patch) {
             (Object::Task(task), Patch::TaskStatus { status, .. }) => {
                 // A worker may repeat a report (retries, restarts): equal
@@ -519,7 +521,7 @@ impl Tables {
         // transaction is not updated by the same one.
         let mut staged: HashMap<(Kind, &str), Option<u64>> = HashMap::new();
         let mut staged_names: HashMap<&str, Option<&str>> = HashMap::new();
-        for op in &tx.ops {
+        for op in tx.ops.iter() {
             match op {
                 Op::Create(object) => {
                     let key = (object.kind(), object.id());
@@ -628,7 +630,10 @@ fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
     Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone())
 }
 
-fn remove_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+/// Tasks of one service or one node, by id.
+type TaskIndex = BTreeMap<String, Arc<Task>>;
+
+fn remove_index(index: &mut HashMap<String, TaskIndex>, key: &str, id: &str) {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
@@ -647,6 +652,23 @@ pub struct StoreSnapshot {
     pub objects: Vec<Object>,
 }
 
+/// What [`StoreSnapshot`] serializes to, from the store's shared objects:
+/// same fields, same order, same variants, so the bytes are the same.
+#[derive(Serialize)]
+struct SharedSnapshot<'a> {
+    version: u64,
+    raft: &'a RaftApplied,
+    objects: Vec<SharedObject>,
+}
+
+#[derive(Serialize)]
+enum SharedObject {
+    Node(Arc<Node>),
+    Service(Arc<Service>),
+    Task(Arc<Task>),
+    Cluster(Arc<Cluster>),
+}
+
 /// Where a watcher starts.
 pub enum WatchStart {
     /// The changes since the requested version, then the receiver.
@@ -659,6 +681,10 @@ pub struct Store {
     tables: RwLock<Tables>,
     history: Mutex<History>,
     changes: broadcast::Sender<Arc<Changes>>,
+    /// Callers of [`Store::wait_for`], by the version they wait for: woken
+    /// only when it is reached, not on every change as a subscriber would
+    /// be (64 forwarded writes waiting used to mean 64 wake-ups per entry).
+    waiters: Mutex<BTreeMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 #[derive(Default)]
@@ -682,6 +708,7 @@ impl Store {
             tables: RwLock::new(Tables::default()),
             history: Mutex::new(History::default()),
             changes,
+            waiters: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -699,6 +726,37 @@ impl Store {
         self.tables.read_recursive().version
     }
 
+    /// Returns once the store has applied `version`.
+    pub async fn wait_for(&self, version: u64) {
+        let reached = {
+            // Registered under the waiters lock, which `reached` takes only
+            // after the version is visible: no wake-up is lost.
+            let mut waiters = self.waiters.lock();
+            if self.version() >= version {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiters.entry(version).or_default().push(tx);
+            rx
+        };
+        let _ = reached.await;
+    }
+
+    /// Wakes the callers waiting for `version` or an earlier one. Called
+    /// with the tables lock released.
+    fn reached(&self, version: u64) {
+        let mut waiters = self.waiters.lock();
+        let later = match version.checked_add(1) {
+            Some(next) => waiters.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let due = std::mem::replace(&mut *waiters, later);
+        drop(waiters);
+        for tx in due.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Live changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Changes>> {
         self.changes.subscribe()
@@ -708,13 +766,12 @@ impl Store {
     pub fn apply(&self, log_id: LogId, tx: &Transaction) -> TxResult {
         let version = log_id.index;
         let mut tables = self.tables.write();
-        let outcome = tables.apply(version, tx);
+        let (events, outcome) = match tables.apply(version, tx) {
+            Ok(events) => (events, Ok(version)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
         tables.version = version;
         tables.raft.last_applied = Some(log_id);
-        let events = match &outcome {
-            Ok(events) => events.clone(),
-            Err(_) => Vec::new(),
-        };
         self.publish(Changes {
             version,
             time: tx.time,
@@ -722,17 +779,21 @@ impl Store {
             reset: false,
         });
         drop(tables);
-        outcome.map(|_| version)
+        self.reached(version);
+        outcome
     }
 
     /// Records a raft entry that changes no object (blank or membership).
     pub fn apply_raft(&self, log_id: LogId, membership: Option<StoredMembership>) {
-        let mut tables = self.tables.write();
-        tables.version = log_id.index;
-        tables.raft.last_applied = Some(log_id);
-        if let Some(membership) = membership {
-            tables.raft.membership = membership;
+        {
+            let mut tables = self.tables.write();
+            tables.version = log_id.index;
+            tables.raft.last_applied = Some(log_id);
+            if let Some(membership) = membership {
+                tables.raft.membership = membership;
+            }
         }
+        self.reached(log_id.index);
     }
 
     pub fn raft_applied(&self) -> RaftApplied {
@@ -792,6 +853,30 @@ impl Store {
         }
     }
 
+    /// The store serialized as a [`StoreSnapshot`], with the raft facts it
+    /// was taken at. Holds the lock (which applies wait for) only while
+    /// collecting references; the encoding of 100,000 objects happens
+    /// after.
+    pub fn encode_snapshot(&self) -> Result<(Vec<u8>, RaftApplied), postcard::Error> {
+        let (version, raft, objects) = {
+            let tables = self.tables.read_recursive();
+            let mut objects = Vec::with_capacity(
+                tables.nodes.len() + tables.services.len() + tables.tasks.len() + 1,
+            );
+            objects.extend(tables.clusters.iter().cloned().map(SharedObject::Cluster));
+            objects.extend(tables.nodes.iter().cloned().map(SharedObject::Node));
+            objects.extend(tables.services.iter().cloned().map(SharedObject::Service));
+            objects.extend(tables.tasks.iter().cloned().map(SharedObject::Task));
+            (tables.version, tables.raft.clone(), objects)
+        };
+        let data = postcard::to_allocvec(&SharedSnapshot {
+            version,
+            raft: &raft,
+            objects,
+        })?;
+        Ok((data, raft))
+    }
+
     /// Replaces the whole store with a snapshot's content. Watchers get a
     /// reset.
     pub fn restore(&self, snapshot: StoreSnapshot) {
@@ -819,6 +904,7 @@ impl Store {
             reset: true,
         }));
         drop(guard);
+        self.reached(version);
     }
 }
 

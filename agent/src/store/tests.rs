@@ -157,6 +157,12 @@ fn a_snapshot_restores_the_same_store() {
         .create(task("t1", "s1", "n1"));
     store.apply(log_id(1), &tx).unwrap();
     let bytes = postcard::to_stdvec(&store.snapshot()).unwrap();
+    let (shared, applied) = store.encode_snapshot().unwrap();
+    assert_eq!(
+        shared, bytes,
+        "both encodings of a snapshot are the same bytes"
+    );
+    assert_eq!(applied.last_applied, Some(log_id(1)));
 
     let other = Store::new();
     let mut rx = other.subscribe();
@@ -257,4 +263,28 @@ fn the_scheduler_cannot_assign_a_task_that_is_no_longer_pending() {
     let tables = store.read();
     assert_eq!(tables.tasks.get("t1").unwrap().node_id, "");
     assert_eq!(tables.tasks_on_node("n1").count(), 0);
+}
+
+#[tokio::test]
+async fn waiting_for_a_version_returns_once_it_is_applied() {
+    let store = Arc::new(Store::new());
+    store
+        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .unwrap();
+    // Reached already: no wait.
+    store.wait_for(1).await;
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { store.wait_for(3).await }
+    });
+    store.apply_raft(log_id(2), None);
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "version 3 is not applied yet");
+    store
+        .apply(log_id(3), &Transaction::new(3).create(service("s2", "db")))
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter wakes when version 3 is applied")
+        .unwrap();
 }

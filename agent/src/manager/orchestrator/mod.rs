@@ -30,6 +30,8 @@ use crate::store::*;
 
 /// Ops per proposed transaction.
 pub const BATCH: usize = 1_000;
+/// Transactions of one pass proposed at once.
+const IN_FLIGHT: usize = 4;
 /// How long changes are gathered before a pass.
 const GATHER: Duration = Duration::from_millis(10);
 
@@ -70,7 +72,16 @@ pub async fn drive<R: Reconciler>(ctx: LeaderContext, mut reconciler: R) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if dirty || full {
-            match reconciler.reconcile(&ctx, full).await {
+            let started = std::time::Instant::now();
+            let outcome = reconciler.reconcile(&ctx, full).await;
+            tracing::debug!(
+                control_loop = R::NAME,
+                full,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                ok = outcome.is_ok(),
+                "pass"
+            );
+            match outcome {
                 Ok(()) => {
                     full = false;
                     dirty = false;
@@ -134,17 +145,27 @@ pub async fn drive<R: Reconciler>(ctx: LeaderContext, mut reconciler: R) {
     }
 }
 
-/// Proposes `ops` in transactions of at most [`BATCH`] ops.
+/// Proposes `ops` in transactions of at most [`BATCH`] ops, up to
+/// [`IN_FLIGHT`] of them at once: raft then appends, replicates and syncs
+/// several in one round instead of paying a round per transaction. The
+/// transactions of one pass touch different objects, so their order does
+/// not matter; an op a concurrent commit made stale fails its own check.
 pub async fn commit(ctx: &LeaderContext, ops: Vec<Op>) -> Result<(), ProposeError> {
+    use futures::{StreamExt, TryStreamExt};
     let mut ops = ops.into_iter().peekable();
+    let mut transactions = Vec::new();
     while ops.peek().is_some() {
         let mut tx = Transaction::new(now_ms());
         for op in ops.by_ref().take(BATCH) {
             tx.push(op);
         }
-        ctx.proposer.propose(tx).await?;
+        transactions.push(tx);
     }
-    Ok(())
+    futures::stream::iter(transactions)
+        .map(|tx| ctx.proposer.propose(tx))
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
 
 /// A new task for `service` in `slot` (replicated) or on `node_id`

@@ -9,7 +9,7 @@
 //!   tasks left on a removed node are marked orphaned: no worker will ever
 //!   report on them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +18,28 @@ use crate::ids::now_ms;
 use crate::manager::ProposeError;
 use crate::store::*;
 
+/// A task's place within its service: see [`slot_key`].
+type SlotKey = (u64, String);
+
 #[derive(Default)]
 pub struct Reaper {
-    dirty: HashSet<String>,
+    /// Per service, the slots to look at; `None` for all of them. Slots,
+    /// not services: creating 100,000 tasks must not cost a walk of the
+    /// whole service per batch.
+    dirty: HashMap<String, Option<HashSet<SlotKey>>>,
     all_dirty: bool,
+}
+
+impl Reaper {
+    fn mark_slot(&mut self, task: &Task) {
+        let slots = self
+            .dirty
+            .entry(task.service_id.clone())
+            .or_insert_with(|| Some(HashSet::new()));
+        if let Some(slots) = slots {
+            slots.insert(slot_key(task));
+        }
+    }
 }
 
 impl Reconciler for Reaper {
@@ -35,11 +53,11 @@ impl Reconciler for Reaper {
                         || t.desired_state > TaskState::Running
                         || event.action == Action::Create;
                     if relevant && event.action != Action::Remove {
-                        self.dirty.insert(t.service_id.clone());
+                        self.mark_slot(t);
                     }
                 }
                 Object::Service(s) if event.action == Action::Remove => {
-                    self.dirty.insert(s.meta.id.clone());
+                    self.dirty.insert(s.meta.id.clone(), None);
                 }
                 Object::Cluster(_) => self.all_dirty = true,
                 Object::Node(_) if event.action == Action::Remove => self.all_dirty = true,
@@ -56,17 +74,18 @@ impl Reconciler for Reaper {
                 .cluster()
                 .map_or(5, |c| c.spec.task_history_retention.max(1))
                 as usize;
-            let services: Vec<String> = if full || self.all_dirty {
-                let mut ids: HashSet<String> =
-                    tables.tasks.iter().map(|t| t.service_id.clone()).collect();
-                ids.extend(tables.services.iter().map(|s| s.meta.id.clone()));
-                ids.into_iter().collect()
-            } else {
-                self.dirty.iter().cloned().collect()
-            };
             let mut ops = Vec::new();
-            for service_id in services {
-                reap_service(&tables, &service_id, retention, &mut ops);
+            if full || self.all_dirty {
+                let mut ids: HashSet<&str> =
+                    tables.tasks.iter().map(|t| t.service_id.as_str()).collect();
+                ids.extend(tables.services.iter().map(|s| s.meta.id.as_str()));
+                for service_id in ids {
+                    reap_service(&tables, service_id, None, retention, &mut ops);
+                }
+            } else {
+                for (service_id, slots) in &self.dirty {
+                    reap_service(&tables, service_id, slots.as_ref(), retention, &mut ops);
+                }
             }
             ops
         };
@@ -103,10 +122,21 @@ fn mark(task: &Task, state: TaskState, message: &str) -> Op {
     })
 }
 
-fn reap_service(tables: &Tables, service_id: &str, retention: usize, ops: &mut Vec<Op>) {
+/// Reaps the tasks of `service_id` in `only` those slots, or in all.
+fn reap_service(
+    tables: &Tables,
+    service_id: &str,
+    only: Option<&HashSet<SlotKey>>,
+    retention: usize,
+    ops: &mut Vec<Op>,
+) {
     let service_exists = tables.services.get(service_id).is_some();
-    let mut slots: BTreeMap<(u64, String), Vec<Arc<Task>>> = BTreeMap::new();
+    let mut slots: BTreeMap<SlotKey, Vec<Arc<Task>>> = BTreeMap::new();
     for task in tables.tasks_of_service(service_id) {
+        let key = slot_key(task);
+        if only.is_some_and(|only| !only.contains(&key)) {
+            continue;
+        }
         let never_assigned = task.status.state < TaskState::Assigned;
         let finished = task.status.state.is_terminal();
         let node_gone = !task.node_id.is_empty() && tables.nodes.get(&task.node_id).is_none();
@@ -132,7 +162,7 @@ fn reap_service(tables: &Tables, service_id: &str, retention: usize, ops: &mut V
                 ops.push(mark(task, TaskState::Orphaned, "its node was removed"));
             }
         }
-        slots.entry(slot_key(task)).or_default().push(task.clone());
+        slots.entry(key).or_default().push(task.clone());
     }
     for tasks in slots.values_mut() {
         if tasks.len() <= retention {

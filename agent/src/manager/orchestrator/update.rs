@@ -51,7 +51,11 @@ impl Reconciler for Updates {
                 Object::Service(s) => {
                     self.dirty.insert(s.meta.id.clone());
                 }
-                Object::Task(t) => {
+                // Tasks only move an update along while one is in
+                // progress, and an update starts with a service change: a
+                // task change elsewhere (100,000 tasks reporting running)
+                // needs no pass.
+                Object::Task(t) if self.updating.contains(&t.service_id) => {
                     self.dirty.insert(t.service_id.clone());
                 }
                 _ => {}
