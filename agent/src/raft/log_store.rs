@@ -48,7 +48,7 @@ struct Inner {
     meta: Keyspace,
     dek: DataKey,
     flusher: Flusher,
-    cache: Mutex<LogCache>,
+    cache: Arc<Mutex<LogCache>>,
 }
 
 /// Entries in the cache at most.
@@ -61,15 +61,18 @@ const CACHE_OPS: usize = 32_768;
 /// soon after appending it: once per follower to replicate it, once to
 /// apply it. Decrypting and decoding 1,000-op entries from fjall each time
 /// was a third of a busy leader's work; from here a read costs a reference
-/// count (transactions share their ops).
+/// count (transactions share their ops). It is also where appended entries
+/// are readable before the writer thread has put them on disk.
 ///
 /// The cache holds a contiguous run ending at the last entry of the log:
 /// appends extend it, truncation cuts it back, purges and the bounds trim
-/// its front. A range it covers is served from memory, any other from disk.
+/// its front, but only of entries already on disk.
 #[derive(Default)]
 struct LogCache {
     entries: VecDeque<Entry>,
     ops: usize,
+    /// The last index the writer has put on disk.
+    written: Option<u64>,
 }
 
 impl LogCache {
@@ -77,21 +80,40 @@ impl LogCache {
         self.entries.front().map(|e| e.log_id.index)
     }
 
-    fn append(&mut self, entry: Entry) {
-        let follows = self
-            .entries
+    /// Whether an entry at `index` extends the cache without a hole.
+    fn follows(&self, index: u64) -> bool {
+        self.entries
             .back()
-            .is_none_or(|last| last.log_id.index + 1 == entry.log_id.index);
-        if !follows {
-            // Not contiguous (cannot happen through raft, which truncates
-            // first): start over rather than serve a log with a hole.
-            self.entries.clear();
-            self.ops = 0;
-        }
+            .is_none_or(|last| last.log_id.index + 1 == index)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.ops = 0;
+    }
+
+    fn append(&mut self, entry: Entry) {
         self.ops += entry_ops(&entry);
         self.entries.push_back(entry);
+        self.trim();
+    }
+
+    /// The writer put everything up to `index` on disk.
+    fn written(&mut self, index: u64) {
+        self.written = Some(self.written.map_or(index, |w| w.max(index)));
+        self.trim();
+    }
+
+    fn trim(&mut self) {
         while self.entries.len() > CACHE_ENTRIES || (self.ops > CACHE_OPS && self.entries.len() > 1)
         {
+            let on_disk = self
+                .first_index()
+                .zip(self.written)
+                .is_some_and(|(first, written)| first <= written);
+            if !on_disk {
+                break;
+            }
             self.pop_front();
         }
     }
@@ -109,6 +131,7 @@ impl LogCache {
                 self.ops -= entry_ops(&entry);
             }
         }
+        self.written = self.written.map(|w| w.min(index.saturating_sub(1)));
     }
 
     /// Drops entries up to `index` included.
@@ -118,37 +141,65 @@ impl LogCache {
         }
     }
 
-    /// Entries `start..=end` (to the last one when `end` is None), if the
-    /// cache covers the range.
-    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+    /// The cached part of `start..=end` (to the last entry when `end` is
+    /// None): where it begins, and its entries. Everything before that
+    /// index is on disk.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<(u64, Vec<Entry>)> {
         let first = self.first_index()?;
-        if start < first {
-            return None;
-        }
         let last = first + self.entries.len() as u64 - 1;
-        let end = end.map_or(last, |end| end.min(last));
-        if start > end {
-            return Some(Vec::new());
+        let from = start.max(first);
+        let to = end.map_or(last, |end| end.min(last));
+        if from > to {
+            return Some((from, Vec::new()));
         }
-        let from = usize::try_from(start - first).ok()?;
-        let to = usize::try_from(end - first).ok()?;
-        Some(self.entries.range(from..=to).cloned().collect())
+        let skip = usize::try_from(from - first).ok()?;
+        let take = usize::try_from(to - from + 1).ok()?;
+        Some((
+            from,
+            self.entries.iter().skip(skip).take(take).cloned().collect(),
+        ))
     }
 }
 
-/// The group-commit thread and its queue of appends waiting for the next
-/// sync.
+/// The writer thread and its queue.
+///
+/// Raft's core hands appends over and goes on: the entries are readable at
+/// once from the [`LogCache`], and the thread writes, syncs and calls back
+/// whole batches (group commit). The core must not write to fjall itself:
+/// fjall holds its journal lock through a sync, so every append and every
+/// commit-index write would wait out the previous sync, and raft with it.
 struct Flusher {
-    queue: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    queue: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+enum Job {
+    /// Write these entries, sync, then tell raft.
+    Append {
+        entries: Vec<Entry>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Write the committed index with the next batch (not synced for it).
+    Committed(Vec<u8>),
+    /// Answer once everything queued before is written and synced.
+    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
 impl Flusher {
-    fn enqueue(&self, callback: LogFlushed<TypeConfig>) -> Result<(), DbError> {
+    fn enqueue(&self, job: Job) -> Result<(), DbError> {
         self.queue
             .as_ref()
-            .and_then(|queue| queue.send(callback).ok())
-            .ok_or_else(|| DbError("the raft log flusher has stopped".into()))
+            .and_then(|queue| queue.send(job).ok())
+            .ok_or_else(|| DbError("the raft log writer has stopped".into()))
+    }
+
+    /// Waits until every job queued so far is on disk.
+    async fn drain(&self) -> Result<(), DbError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(Job::Barrier(tx))?;
+        rx.await
+            .map_err(|_| DbError("the raft log writer has stopped".into()))?
+            .map_err(DbError)
     }
 }
 
@@ -196,11 +247,18 @@ impl RaftDb {
             .keyspace("meta", KeyspaceCreateOptions::default)
             .map_err(|e| failed(e.to_string()))?;
         let (flush_queue, pending) = mpsc::channel();
-        let flusher_db = db.clone();
+        let cache = Arc::new(Mutex::new(LogCache::default()));
+        let writer = Writer {
+            db: db.clone(),
+            log: log.clone(),
+            meta: meta.clone(),
+            dek: dek.clone(),
+            cache: cache.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(flusher_db, pending))
-            .map_err(|e| failed(format!("cannot start the log flusher: {e}")))?;
+            .spawn(move || writer.run(pending))
+            .map_err(|e| failed(format!("cannot start the log writer: {e}")))?;
         let this = RaftDb {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
@@ -212,7 +270,7 @@ impl RaftDb {
                     queue: Some(flush_queue),
                     thread: Some(thread),
                 },
-                cache: Mutex::new(LogCache::default()),
+                cache,
             }),
         };
         // Opening what is there proves the key opens this log, so a wrong
@@ -371,20 +429,67 @@ fn index_of(key: &[u8]) -> Result<u64, DbError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Group commit: waits for appends, syncs once for everything queued, then
-/// acknowledges them all.
-fn flush_loop(db: Database, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = pending.recv() {
-        let mut batch = vec![first];
-        batch.extend(pending.try_iter());
-        let result = db.persist(PersistMode::SyncData);
-        for callback in batch {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(format!("syncing the raft log: {e}"))),
-            };
-            callback.log_io_completed(outcome);
+/// The writer thread's side: see [`Flusher`].
+struct Writer {
+    db: Database,
+    log: Keyspace,
+    meta: Keyspace,
+    dek: DataKey,
+    cache: Arc<Mutex<LogCache>>,
+}
+
+impl Writer {
+    /// Group commit: takes everything queued, writes it in one batch,
+    /// syncs once, then answers every job.
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch_jobs = vec![first];
+            batch_jobs.extend(jobs.try_iter());
+            let result = self.write(&batch_jobs);
+            for job in batch_jobs {
+                match job {
+                    Job::Append { callback, .. } => {
+                        let outcome = result.as_ref().map(|_| ()).map_err(|e| {
+                            std::io::Error::other(format!("writing the raft log: {e}"))
+                        });
+                        callback.log_io_completed(outcome);
+                    }
+                    Job::Committed(_) => {}
+                    Job::Barrier(done) => {
+                        let _ = done.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+                    }
+                }
+            }
         }
+    }
+
+    fn write(&self, jobs: &[Job]) -> Result<(), String> {
+        let mut batch = self.db.batch();
+        let mut last_appended = None;
+        for job in jobs {
+            match job {
+                Job::Append { entries, .. } => {
+                    for entry in entries {
+                        let index = entry.log_id.index;
+                        let plain = postcard::to_allocvec(entry)
+                            .map_err(|e| format!("encoding entry {index}: {e}"))?;
+                        let sealed = self.dek.seal(&RaftDb::log_aad(index), &plain);
+                        batch.insert(&self.log, index.to_be_bytes(), sealed);
+                        last_appended = Some(index);
+                    }
+                }
+                Job::Committed(sealed) => batch.insert(&self.meta, COMMITTED, sealed.clone()),
+                Job::Barrier(_) => {}
+            }
+        }
+        batch.commit().map_err(|e| format!("appending: {e}"))?;
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| format!("syncing: {e}"))?;
+        if let Some(index) = last_appended {
+            self.cache.lock().written(index);
+        }
+        Ok(())
     }
 }
 
@@ -425,10 +530,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|end| end < start) {
             return Ok(Vec::new());
         }
-        if let Some(cached) = self.db.inner.cache.lock().get(start, end) {
-            return Ok(cached);
+        let cached = self.db.inner.cache.lock().get(start, end);
+        match cached {
+            Some((from, cached)) if from <= start => Ok(cached),
+            Some((from, cached)) => {
+                // The older part is on disk, the rest in the cache.
+                let mut entries = self.db.entries(start, Some(from - 1)).map_err(read_logs)?;
+                entries.extend(cached);
+                Ok(entries)
+            }
+            None => self.db.entries(start, end).map_err(read_logs),
         }
-        self.db.entries(start, end).map_err(read_logs)
     }
 }
 
@@ -436,6 +548,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.db.inner.flusher.drain().await.map_err(read_logs)?;
         let last_purged: Option<LogId> = self.db.get_meta(LAST_PURGED).map_err(read_logs)?;
         let last = self.db.last_entry().map_err(read_logs)?.map(|e| e.log_id);
         Ok(LogState {
@@ -466,12 +579,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let sealed = self.db.seal(COMMITTED, &committed).map_err(write_logs)?;
         self.db
             .inner
-            .meta
-            .insert(COMMITTED, sealed)
-            .map_err(|e| write_logs(db_error("writing", e)))
+            .flusher
+            .enqueue(Job::Committed(sealed))
+            .map_err(write_logs)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.db.inner.flusher.drain().await.map_err(read_logs)?;
         Ok(self
             .db
             .get_meta::<Option<LogId>>(COMMITTED)
@@ -488,30 +602,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.db.inner.db.batch();
-        let mut appended = Vec::new();
-        for entry in entries {
-            let index = entry.log_id.index;
-            let sealed = self
-                .db
-                .seal(&RaftDb::log_aad(index), &entry)
-                .map_err(write_logs)?;
-            batch.insert(&self.db.inner.log, index.to_be_bytes(), sealed);
-            appended.push(entry);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let follows = {
+            let cache = self.db.inner.cache.lock();
+            entries
+                .first()
+                .is_none_or(|first| cache.follows(first.log_id.index))
+        };
+        if !follows {
+            // Not contiguous with the cache (after a restart, or a purge
+            // that emptied it): start it afresh once what it holds is on
+            // disk, so that no entry is ever only in a dropped cache.
+            self.db.inner.flusher.drain().await.map_err(write_logs)?;
+            self.db.inner.cache.lock().clear();
         }
-        batch
-            .commit()
-            .map_err(|e| write_logs(db_error("appending", e)))?;
         {
             let mut cache = self.db.inner.cache.lock();
-            for entry in appended {
-                cache.append(entry);
+            for entry in &entries {
+                cache.append(entry.clone());
             }
         }
-        self.db.inner.flusher.enqueue(callback).map_err(write_logs)
+        self.db
+            .inner
+            .flusher
+            .enqueue(Job::Append { entries, callback })
+            .map_err(write_logs)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Queued writes first, or one could bring truncated entries back.
+        self.db.inner.flusher.drain().await.map_err(write_logs)?;
         self.db.inner.cache.lock().truncate(log_id.index);
         self.db
             .delete_entries(log_id.index, u64::MAX)
@@ -522,6 +642,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The purge point first: a crash in between leaves entries that
         // are ignored, never a hole that looks like a log.
+        self.db.inner.flusher.drain().await.map_err(write_logs)?;
         self.db.inner.cache.lock().purge(log_id.index);
         self.db
             .put_meta_durably(LAST_PURGED, &log_id)
@@ -566,54 +687,64 @@ mod tests {
     }
 
     /// Appends and waits for the durable acknowledgement.
-    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
-        entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
+    /// Where the cached part of a range begins, and its indexes.
+    fn cached(cache: &LogCache, start: u64, end: Option<u64>) -> Option<(u64, Vec<u64>)> {
+        cache
+            .get(start, end)
+            .map(|(from, e)| (from, e.iter().map(|e| e.log_id.index).collect()))
     }
 
     #[test]
-    fn the_log_cache_serves_only_ranges_it_covers() {
+    fn the_log_cache_serves_the_part_of_a_range_it_holds() {
         let mut cache = LogCache::default();
-        assert!(
-            cache.get(1, None).is_none(),
-            "an empty cache covers nothing"
-        );
+        assert!(cache.get(1, None).is_none(), "an empty cache holds nothing");
         for index in 5..=9 {
             cache.append(blank(1, index));
         }
-        assert_eq!(indexes(cache.get(5, Some(9))), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(indexes(cache.get(7, None)), Some(vec![7, 8, 9]));
-        assert_eq!(indexes(cache.get(8, Some(20))), Some(vec![8, 9]));
-        assert_eq!(indexes(cache.get(10, None)), Some(vec![]));
-        assert!(cache.get(4, Some(6)).is_none(), "index 4 is on disk only");
+        assert_eq!(cached(&cache, 5, Some(9)), Some((5, vec![5, 6, 7, 8, 9])));
+        assert_eq!(cached(&cache, 7, None), Some((7, vec![7, 8, 9])));
+        assert_eq!(cached(&cache, 8, Some(20)), Some((8, vec![8, 9])));
+        assert_eq!(cached(&cache, 10, None), Some((10, vec![])));
+        assert_eq!(
+            cached(&cache, 2, Some(6)),
+            Some((5, vec![5, 6])),
+            "2 to 4 come from disk"
+        );
 
         cache.truncate(8);
-        assert_eq!(indexes(cache.get(5, None)), Some(vec![5, 6, 7]));
+        assert_eq!(cached(&cache, 5, None), Some((5, vec![5, 6, 7])));
+        assert!(cache.follows(8));
         cache.append(blank(2, 8));
         assert_eq!(
-            cache.get(8, None).map(|e| e[0].log_id.leader_id.term),
+            cache.get(8, None).map(|(_, e)| e[0].log_id.leader_id.term),
             Some(2)
         );
 
         cache.purge(6);
-        assert!(cache.get(6, None).is_none());
-        assert_eq!(indexes(cache.get(7, None)), Some(vec![7, 8]));
-
-        // A hole (never made by raft) empties the cache rather than serve it.
-        cache.append(blank(2, 12));
-        assert!(cache.get(7, None).is_none());
-        assert_eq!(indexes(cache.get(12, None)), Some(vec![12]));
+        assert_eq!(cached(&cache, 5, None), Some((7, vec![7, 8])));
+        assert!(!cache.follows(12), "a hole is noticed");
     }
 
     #[test]
-    fn the_log_cache_stays_within_its_bounds() {
+    fn the_log_cache_keeps_entries_until_they_are_on_disk() {
         let mut cache = LogCache::default();
         let total = CACHE_ENTRIES as u64 + 10;
         for index in 1..=total {
             cache.append(blank(1, index));
         }
+        assert_eq!(
+            cache.entries.len() as u64,
+            total,
+            "nothing is dropped before the writer has it on disk"
+        );
+        cache.written(5);
+        assert_eq!(cache.first_index(), Some(6));
+        cache.written(total);
         assert_eq!(cache.entries.len(), CACHE_ENTRIES);
         assert_eq!(cache.first_index(), Some(11));
         assert_eq!(cache.ops, CACHE_ENTRIES);
+        cache.truncate(total);
+        assert_eq!(cache.written, Some(total - 1));
     }
 
     async fn append(store: &mut LogStore, entries: Vec<Entry>) {
