@@ -1,9 +1,9 @@
 //! The raft log and vote, kept in fjall and encrypted with the data key.
 //!
-//! Appends are acknowledged to raft only once durable: entries are written
-//! to fjall's journal, then a flusher thread fdatasyncs the journal and
-//! calls back every append that the sync covered (group commit), so many
-//! concurrent proposals share one sync.
+//! Appends are acknowledged to raft only once durable: raft's core puts
+//! them in the [`LogCache`] and queues them; a writer thread writes what is
+//! queued to fjall's journal, fdatasyncs it, and calls back every append
+//! the sync covered (group commit), so many proposals share one sync.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
