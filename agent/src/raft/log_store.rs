@@ -293,8 +293,7 @@ impl RaftDb {
     }
 
     fn seal<T: Serialize>(&self, aad: &[u8], value: &T) -> Result<Vec<u8>, DbError> {
-        let plain = postcard::to_allocvec(value).map_err(|e| db_error("encoding", e))?;
-        Ok(self.inner.dek.seal(aad, &plain))
+        seal(&self.inner.dek, aad, value)
     }
 
     fn open_value<T: DeserializeOwned>(&self, aad: &[u8], sealed: &[u8]) -> Result<T, DbError> {
@@ -422,6 +421,12 @@ impl RaftDb {
     }
 }
 
+/// Encodes `value` and encrypts it, bound to `aad` (its key).
+fn seal<T: Serialize>(dek: &DataKey, aad: &[u8], value: &T) -> Result<Vec<u8>, DbError> {
+    let plain = postcard::to_allocvec(value).map_err(|e| db_error("encoding", e))?;
+    Ok(dek.seal(aad, &plain))
+}
+
 fn index_of(key: &[u8]) -> Result<u64, DbError> {
     let bytes: [u8; 8] = key
         .try_into()
@@ -471,9 +476,8 @@ impl Writer {
                 Job::Append { entries, .. } => {
                     for entry in entries {
                         let index = entry.log_id.index;
-                        let plain = postcard::to_allocvec(entry)
-                            .map_err(|e| format!("encoding entry {index}: {e}"))?;
-                        let sealed = self.dek.seal(&RaftDb::log_aad(index), &plain);
+                        let sealed = seal(&self.dek, &RaftDb::log_aad(index), entry)
+                            .map_err(|e| format!("entry {index}: {e}"))?;
                         batch.insert(&self.log, index.to_be_bytes(), sealed);
                         last_appended = Some(index);
                     }
@@ -610,9 +614,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .is_none_or(|first| cache.follows(first.log_id.index))
         };
         if !follows {
-            // Not contiguous with the cache (after a restart, or a purge
-            // that emptied it): start it afresh once what it holds is on
-            // disk, so that no entry is ever only in a dropped cache.
+            // A hole after the cache's last entry (raft never makes one,
+            // it truncates first): start the cache afresh once what it
+            // holds is on disk, so that no entry is ever only in a dropped
+            // cache.
             self.db.inner.flusher.drain().await.map_err(write_logs)?;
             self.db.inner.cache.lock().clear();
         }

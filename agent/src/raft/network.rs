@@ -268,20 +268,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             return self.peer.call(Method::Append, &rpc, &option).await;
         };
         let key: AppendKey = (rpc.vote, rpc.prev_log_id, Some(last.log_id));
-        let resumable = self.outliving.as_ref().is_some_and(|a| a.key == key);
-        if !resumable {
-            // A different request: one still running (if any) goes on
-            // alone, harmlessly, until it ends.
+        if self.outliving.as_ref().is_some_and(|a| a.key != key) {
+            // A different request: the one still running goes on alone,
+            // harmlessly, until it ends.
+            self.outliving = None;
+        }
+        let outliving = self.outliving.get_or_insert_with(|| {
             let mut peer = self.peer.clone();
             let option = RPCOption::new(OUTLIVING_APPEND_DEADLINE);
             let task = tokio::spawn(async move { peer.call(Method::Append, &rpc, &option).await });
-            self.outliving = Some(OutlivingAppend { key, task });
-        }
-        let Some(outliving) = self.outliving.as_mut() else {
-            return Err(RPCError::Network(NetworkError::new(&WireError(
-                "append task vanished".into(),
-            ))));
-        };
+            OutlivingAppend { key, task }
+        });
         // If openraft's deadline cancels this wait, the task runs on.
         let result = (&mut outliving.task).await;
         self.outliving = None;
