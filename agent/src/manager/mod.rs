@@ -6,6 +6,7 @@
 //! [`Transaction`]s through a [`Proposer`]; each is driven by store change
 //! events, not by timers, and each stops when leadership is lost.
 
+pub mod batcher;
 pub mod ca_service;
 pub mod control;
 pub mod dispatcher;

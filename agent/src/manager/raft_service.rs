@@ -141,12 +141,12 @@ impl RaftApi for RaftService {
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let (manager, _) = self.authorize(&request, true).await?;
-        let tx: Transaction = decode(&request.get_ref().transaction).map_err(wire)?;
+        let txs: Vec<Transaction> = decode(&request.get_ref().transactions).map_err(wire)?;
         // Forwarded writes are never forwarded again: a follower that
         // thinks we lead gets told otherwise and re-resolves.
-        let result = manager.propose_local(tx).await;
+        let outcomes = manager.propose_all_local(txs).await;
         Ok(Response::new(pb::ProposeResponse {
-            result: encode(&result).map_err(wire)?,
+            outcomes: encode(&outcomes).map_err(wire)?,
         }))
     }
 

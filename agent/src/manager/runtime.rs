@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::Mutex;
 use rand::Rng;
 use shoal_proto::v1::raft_client::RaftClient;
@@ -19,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use super::batcher::{Outcome, ProposalBatcher};
 use super::{LeaderContext, ProposeError, Proposer};
 use crate::pki::tls::NodeTls;
 use crate::raft::log_store::RaftDb;
@@ -97,11 +97,14 @@ pub struct ManagerRuntime {
     pub raft_id: RaftId,
     pub addr: String,
     pub raft: Raft,
+    /// The way into `raft` for writes: batches them into entries.
+    proposals: ProposalBatcher,
     pub store: Arc<Store>,
     pub contacts: Arc<PeerContacts>,
     pub timing: RaftTiming,
     tls: Arc<NodeTls>,
-    leader_clients: Mutex<HashMap<String, RaftClient<Channel>>>,
+    /// Batchers forwarding writes to the leader, by its address.
+    forwarders: Mutex<HashMap<String, ProposalBatcher>>,
     events: broadcast::Sender<ClusterEvent>,
     /// Present while this manager leads.
     dispatcher: arc_swap::ArcSwapOption<super::dispatcher::Dispatcher>,
@@ -175,12 +178,13 @@ impl ManagerRuntime {
             node_id,
             raft_id,
             addr,
+            proposals: ProposalBatcher::for_raft(raft.clone()),
             raft,
             store,
             contacts,
             timing,
             tls,
-            leader_clients: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
             events,
             dispatcher: arc_swap::ArcSwapOption::empty(),
             shutdown: CancellationToken::new(),
@@ -384,7 +388,7 @@ impl ManagerRuntime {
                     else {
                         return Err(self.no_leader());
                     };
-                    let forwarded = self.forward(&member.addr, &tx).await;
+                    let forwarded = self.forward(&member.addr, tx.clone()).await;
                     if let Ok(version) = forwarded {
                         // Read-your-writes: the caller reads this manager's
                         // store next, so answer once it has the write.
@@ -407,52 +411,60 @@ impl ManagerRuntime {
     /// Commits `tx` on this node's raft; fails with `NotManager` if this
     /// node does not lead.
     pub async fn propose_local(&self, tx: Transaction) -> Result<u64, ProposeError> {
-        propose_on(&self.raft, tx).await
+        propose_on(&self.proposals, tx).await
+    }
+
+    /// Commits `txs` on this node's raft, together as far as they fit in
+    /// one entry; one outcome per transaction, in order.
+    pub async fn propose_all_local(&self, txs: Vec<Transaction>) -> Vec<Outcome> {
+        let count = txs.len();
+        let outcomes = tokio::time::timeout(WRITE_TIMEOUT, self.proposals.propose_all(txs));
+        match outcomes.await {
+            Ok(outcomes) => outcomes,
+            Err(_) => vec![Err(ProposeError::Timeout); count],
+        }
     }
 
     /// A proposer for the leader's control loops.
     pub fn local_proposer(&self) -> Proposer {
-        let raft = self.raft.clone();
+        let proposals = self.proposals.clone();
         Proposer::new(move |tx| {
-            let raft = raft.clone();
-            async move { propose_on(&raft, tx).await }
+            let proposals = proposals.clone();
+            async move { propose_on(&proposals, tx).await }
         })
     }
 
+    /// Forwards `tx` to the leader at `leader_addr`, batched with the other
+    /// writes this manager forwards meanwhile.
+    async fn forward(&self, leader_addr: &str, tx: Transaction) -> Result<u64, ProposeError> {
+        let forwarder = {
+            let mut forwarders = self.forwarders.lock();
+            match forwarders.get(leader_addr) {
+                Some(forwarder) => forwarder.clone(),
+                None => {
+                    let client = self.leader_client(leader_addr)?;
+                    let addr = leader_addr.to_string();
+                    let forwarder = ProposalBatcher::start(move |txs| {
+                        forward_batch(client.clone(), addr.clone(), txs)
+                    });
+                    forwarders.insert(leader_addr.to_string(), forwarder.clone());
+                    forwarder
+                }
+            }
+        };
+        forwarder.propose(tx).await
+    }
+
     fn leader_client(&self, addr: &str) -> Result<RaftClient<Channel>, ProposeError> {
-        let mut clients = self.leader_clients.lock();
-        if let Some(client) = clients.get(addr) {
-            return Ok(client.clone());
-        }
         let channel = shoal_proto::transport::connect_tls_lazy(
             addr,
             self.tls.client_config(),
             shoal_proto::MANAGER_SERVER_NAME,
         )
         .map_err(|e| ProposeError::Raft(e.to_string()))?;
-        let client = RaftClient::new(channel)
+        Ok(RaftClient::new(channel)
             .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
-    }
-
-    async fn forward(&self, leader_addr: &str, tx: &Transaction) -> Result<u64, ProposeError> {
-        let mut client = self.leader_client(leader_addr)?;
-        let transaction = network::encode(tx).map_err(|e| ProposeError::Raft(e.to_string()))?;
-        let call = client.propose(ProposeRequest { transaction });
-        let response = match tokio::time::timeout(WRITE_TIMEOUT, call).await {
-            Err(_) => return Err(ProposeError::Timeout),
-            Ok(Err(status)) => {
-                return Err(ProposeError::Raft(format!(
-                    "forwarding to the leader at {leader_addr}: {}",
-                    status.message()
-                )));
-            }
-            Ok(Ok(response)) => response.into_inner(),
-        };
-        network::decode::<Result<u64, ProposeError>>(&response.result)
-            .map_err(|e| ProposeError::Raft(e.to_string()))?
+            .max_encoding_message_size(network::MAX_RAFT_MESSAGE))
     }
 
     /// Asks the leader to add this manager to raft as a voter. Retries on
@@ -602,15 +614,31 @@ impl ManagerRuntime {
 /// Metadata key a follower sets on refusals, pointing at the leader.
 pub const LEADER_ADDR_HEADER: &str = "shoal-leader-addr";
 
-async fn propose_on(raft: &Raft, tx: Transaction) -> Result<u64, ProposeError> {
-    match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(tx)).await {
-        Err(_) => Err(ProposeError::Timeout),
-        Ok(Ok(response)) => response.data.map_err(ProposeError::Rejected),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(ProposeError::NotManager)
+/// One `Propose` call carrying a batch of forwarded writes.
+async fn forward_batch(
+    mut client: RaftClient<Channel>,
+    leader_addr: String,
+    txs: Vec<Transaction>,
+) -> Result<Vec<Outcome>, ProposeError> {
+    let transactions = network::encode(&txs).map_err(|e| ProposeError::Raft(e.to_string()))?;
+    let call = client.propose(ProposeRequest { transactions });
+    let response = match tokio::time::timeout(WRITE_TIMEOUT, call).await {
+        Err(_) => return Err(ProposeError::Timeout),
+        Ok(Err(status)) => {
+            return Err(ProposeError::Raft(format!(
+                "forwarding to the leader at {leader_addr}: {}",
+                status.message()
+            )));
         }
-        Ok(Err(e)) => Err(ProposeError::Raft(e.to_string())),
-    }
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    network::decode(&response.outcomes).map_err(|e| ProposeError::Raft(e.to_string()))
+}
+
+async fn propose_on(proposals: &ProposalBatcher, tx: Transaction) -> Result<u64, ProposeError> {
+    tokio::time::timeout(WRITE_TIMEOUT, proposals.propose(tx))
+        .await
+        .unwrap_or(Err(ProposeError::Timeout))
 }
 
 /// Follows raft's view of leadership: runs the control loops while this

@@ -33,6 +33,11 @@ const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+/// Which encoding the log's entries use. postcard is not self-describing,
+/// so a log in another encoding must be refused by name, not misread.
+const LOG_FORMAT: &[u8] = b"log_format";
+/// 2: a normal entry carries a batch of transactions (1: one transaction).
+const CURRENT_LOG_FORMAT: u32 = 2;
 
 /// The fjall database under `<data dir>/raft`: log, vote, committed index
 /// and snapshots.
@@ -278,10 +283,29 @@ impl RaftDb {
         // may be missing (a learner can hold entries before it votes, a
         // purged log only a snapshot), hence all three.
         this.get_meta::<Vote>(VOTE)
+            .and_then(|_| this.check_log_format())
             .and_then(|_| this.last_entry())
             .and_then(|_| this.get_meta::<SnapshotMeta>(SNAPSHOT_META))
             .map_err(|e| failed(e.to_string()))?;
         Ok(this)
+    }
+
+    /// Refuses a log written in another entry encoding; marks a new (or
+    /// empty) one with the current encoding.
+    fn check_log_format(&self) -> Result<(), DbError> {
+        let format = match self.get_meta::<u32>(LOG_FORMAT)? {
+            Some(format) => format,
+            None if self.inner.log.first_key_value().is_some() => 1,
+            None => return self.put_meta_durably(LOG_FORMAT, &CURRENT_LOG_FORMAT),
+        };
+        if format == CURRENT_LOG_FORMAT {
+            return Ok(());
+        }
+        Err(DbError(format!(
+            "the raft log is in format {format}, and this shoald reads format \
+             {CURRENT_LOG_FORMAT}: run the shoald that wrote it, or remove this manager's data \
+             directory and join it to the cluster again"
+        )))
     }
 
     pub fn log_store(&self) -> LogStore {
@@ -487,9 +511,17 @@ impl Writer {
             }
         }
         batch.commit().map_err(|e| format!("appending: {e}"))?;
-        self.db
-            .persist(PersistMode::SyncData)
-            .map_err(|e| format!("syncing: {e}"))?;
+        // The committed index alone need not be durable: one lost in a crash
+        // is an older, still true one (raft learns the rest from the
+        // leader), and the next append's sync covers it anyway. Skipping
+        // its sync halves the syncs: every entry moves the committed index
+        // once more after its append.
+        let needs_sync = jobs.iter().any(|job| !matches!(job, Job::Committed(_)));
+        if needs_sync {
+            self.db
+                .persist(PersistMode::SyncData)
+                .map_err(|e| format!("syncing: {e}"))?;
+        }
         if let Some(index) = last_appended {
             self.cache.lock().written(index);
         }
@@ -691,7 +723,6 @@ mod tests {
         }
     }
 
-    /// Appends and waits for the durable acknowledgement.
     /// Where the cached part of a range begins, and its indexes.
     fn cached(cache: &LogCache, start: u64, end: Option<u64>) -> Option<(u64, Vec<u64>)> {
         cache
@@ -752,6 +783,7 @@ mod tests {
         assert_eq!(cache.written, Some(total - 1));
     }
 
+    /// Appends and waits for the durable acknowledgement.
     async fn append(store: &mut LogStore, entries: Vec<Entry>) {
         use openraft::storage::RaftLogStorageExt;
         store.blocking_append(entries).await.unwrap();
@@ -797,5 +829,26 @@ mod tests {
             .err()
             .expect("a wrong key is refused");
         assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_log_in_another_entry_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::generate();
+        {
+            let db = RaftDb::open(dir.path(), key.clone()).unwrap();
+            append(&mut db.log_store(), vec![blank(1, 1)]).await;
+            // What a shoald from before the format marker leaves behind.
+            db.inner.meta.remove(LOG_FORMAT).unwrap();
+            db.sync().unwrap();
+        }
+        let err = RaftDb::open(dir.path(), key)
+            .err()
+            .expect("an unmarked log is refused");
+        assert!(err.to_string().contains("format 1"), "{err}");
+        assert!(
+            err.to_string().contains("join it to the cluster again"),
+            "{err}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! openraft's `RaftStateMachine` over the in-memory [`Store`]. Applying an
-//! entry applies its transaction; snapshots are the serialized store, kept
+//! entry applies its transactions; snapshots are the serialized store, kept
 //! (encrypted) in [`RaftDb`] so that a restart resumes from the latest one
 //! plus the log after it.
 
@@ -105,7 +105,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last_applied, applied.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -114,9 +114,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let log_id = entry.log_id;
             let result = match entry.payload {
-                EntryPayload::Normal(tx) => {
+                EntryPayload::Normal(proposal) => {
                     let started = std::time::Instant::now();
-                    let result = self.store.apply(log_id, &tx);
+                    let result = self.store.apply(log_id, &proposal.txs);
                     crate::metrics::METRICS
                         .raft_apply
                         .observe(started.elapsed());
@@ -124,14 +124,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Blank => {
                     self.store.apply_raft(log_id, None);
-                    Ok(log_id.index)
+                    Vec::new()
                 }
                 EntryPayload::Membership(membership) => {
                     self.store.apply_raft(
                         log_id,
                         Some(StoredMembership::new(Some(log_id), membership)),
                     );
-                    Ok(log_id.index)
+                    Vec::new()
                 }
             };
             results.push(result);

@@ -398,12 +398,17 @@ impl Tables {
         }
     }
 
-    /// Checks `tx` against the current state and applies it at `version`.
-    /// Returns the events, or the first failing op's error with nothing
-    /// changed.
-    fn apply(&mut self, version: u64, tx: &Transaction) -> Result<Vec<Event>, TxError> {
+    /// Checks `tx` against the current state and applies it at `version`,
+    /// adding its events to `events`; or returns the first failing op's
+    /// error with nothing changed.
+    fn apply(
+        &mut self,
+        version: u64,
+        tx: &Transaction,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
         self.check(tx)?;
-        let mut events = Vec::with_capacity(tx.ops.len());
+        events.reserve(tx.ops.len());
         for op in tx.ops.iter() {
             match op {
                 Op::Create(object) => {
@@ -443,7 +448,7 @@ impl Tables {
                 }
             }
         }
-        Ok(events)
+        Ok(())
     }
 
     fn apply_patch(&mut self, version: u64, patch: &Patch) -> Option<Event> {
@@ -762,25 +767,31 @@ impl Store {
         self.changes.subscribe()
     }
 
-    /// Applies a committed transaction at raft index `version`.
-    pub fn apply(&self, log_id: LogId, tx: &Transaction) -> TxResult {
+    /// Applies the transactions of a committed raft entry, in order, at
+    /// its index: each one all-or-nothing on its own, all of them at the
+    /// same version and seen by readers together. Returns one result per
+    /// transaction.
+    pub fn apply(&self, log_id: LogId, txs: &[Transaction]) -> Vec<TxResult> {
         let version = log_id.index;
         let mut tables = self.tables.write();
-        let (events, outcome) = match tables.apply(version, tx) {
-            Ok(events) => (events, Ok(version)),
-            Err(e) => (Vec::new(), Err(e)),
-        };
+        let mut events = Vec::new();
+        let outcomes = txs
+            .iter()
+            .map(|tx| tables.apply(version, tx, &mut events).map(|()| version))
+            .collect();
         tables.version = version;
         tables.raft.last_applied = Some(log_id);
         self.publish(Changes {
             version,
-            time: tx.time,
+            // Proposed within milliseconds of each other: the latest stamp
+            // stands for all.
+            time: txs.iter().map(|tx| tx.time).max().unwrap_or_default(),
             events,
             reset: false,
         });
         drop(tables);
         self.reached(version);
-        outcome
+        outcomes
     }
 
     /// Records a raft entry that changes no object (blank or membership).

@@ -4,6 +4,15 @@ fn log_id(index: u64) -> LogId {
     openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
 }
 
+impl Store {
+    /// Applies `tx` alone in an entry at `log_id`.
+    fn apply_one(&self, log_id: LogId, tx: &Transaction) -> TxResult {
+        let mut results = self.apply(log_id, std::slice::from_ref(tx));
+        assert_eq!(results.len(), 1);
+        results.remove(0)
+    }
+}
+
 fn service(id: &str, name: &str) -> Service {
     Service {
         meta: Meta::new(id.into(), 1),
@@ -29,7 +38,7 @@ fn task(id: &str, service_id: &str, node_id: &str) -> Task {
 fn applied_objects_carry_the_raft_index_as_version() {
     let store = Store::new();
     let tx = Transaction::new(5).create(service("s1", "web"));
-    assert_eq!(store.apply(log_id(7), &tx), Ok(7));
+    assert_eq!(store.apply_one(log_id(7), &tx), Ok(7));
     let tables = store.read();
     assert_eq!(tables.services.get("s1").unwrap().meta.version, 7);
     assert_eq!(tables.version, 7);
@@ -39,19 +48,19 @@ fn applied_objects_carry_the_raft_index_as_version() {
 fn an_update_naming_an_old_version_is_refused_and_changes_nothing() {
     let store = Store::new();
     store
-        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .apply_one(log_id(1), &Transaction::new(1).create(service("s1", "web")))
         .unwrap();
     let read = (**store.read().services.get("s1").unwrap()).clone();
     let mut first = read.clone();
     first.spec.replicas = 3;
     store
-        .apply(log_id(2), &Transaction::new(2).update(first))
+        .apply_one(log_id(2), &Transaction::new(2).update(first))
         .unwrap();
 
     let mut stale = read;
     stale.spec.replicas = 9;
     let err = store
-        .apply(log_id(3), &Transaction::new(3).update(stale))
+        .apply_one(log_id(3), &Transaction::new(3).update(stale))
         .unwrap_err();
     assert!(matches!(
         err,
@@ -68,14 +77,14 @@ fn an_update_naming_an_old_version_is_refused_and_changes_nothing() {
 fn a_transaction_is_all_or_nothing() {
     let store = Store::new();
     store
-        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .apply_one(log_id(1), &Transaction::new(1).create(service("s1", "web")))
         .unwrap();
     // The second op fails (name taken), so the first must not land either.
     let tx = Transaction::new(2)
         .create(task("t1", "s1", "n1"))
         .create(service("s2", "web"));
     assert_eq!(
-        store.apply(log_id(2), &tx),
+        store.apply_one(log_id(2), &tx),
         Err(TxError::NameInUse { name: "web".into() })
     );
     assert!(store.read().tasks.get("t1").is_none());
@@ -88,11 +97,11 @@ fn indexes_follow_tasks_across_updates_and_deletes() {
         .create(service("s1", "web"))
         .create(task("t1", "s1", "n1"))
         .create(task("t2", "s1", "n2"));
-    store.apply(log_id(1), &tx).unwrap();
+    store.apply_one(log_id(1), &tx).unwrap();
     let mut moved = (**store.read().tasks.get("t1").unwrap()).clone();
     moved.node_id = "n2".into();
     store
-        .apply(log_id(2), &Transaction::new(2).update(moved))
+        .apply_one(log_id(2), &Transaction::new(2).update(moved))
         .unwrap();
     {
         let tables = store.read();
@@ -102,7 +111,7 @@ fn indexes_follow_tasks_across_updates_and_deletes() {
     }
     let t2 = (**store.read().tasks.get("t2").unwrap()).clone();
     store
-        .apply(log_id(3), &Transaction::new(3).delete(&t2))
+        .apply_one(log_id(3), &Transaction::new(3).delete(&t2))
         .unwrap();
     assert_eq!(store.read().tasks_on_node("n2").count(), 1);
 }
@@ -112,7 +121,7 @@ fn a_watch_resumes_from_a_version_without_gaps() {
     let store = Store::new();
     for i in 1..=5u64 {
         store
-            .apply(
+            .apply_one(
                 log_id(i),
                 &Transaction::new(i as i64).create(service(&format!("s{i}"), &format!("svc{i}"))),
             )
@@ -127,7 +136,7 @@ fn a_watch_resumes_from_a_version_without_gaps() {
         vec![4, 5]
     );
     store
-        .apply(
+        .apply_one(
             log_id(6),
             &Transaction::new(6).create(service("s6", "svc6")),
         )
@@ -139,7 +148,7 @@ fn a_watch_resumes_from_a_version_without_gaps() {
 fn a_watch_from_zero_gets_a_full_copy() {
     let store = Store::new();
     store
-        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .apply_one(log_id(1), &Transaction::new(1).create(service("s1", "web")))
         .unwrap();
     let (start, _rx) = store.watch_from(0);
     let WatchStart::Full { version, objects } = start else {
@@ -155,7 +164,7 @@ fn a_snapshot_restores_the_same_store() {
     let tx = Transaction::new(1)
         .create(service("s1", "web"))
         .create(task("t1", "s1", "n1"));
-    store.apply(log_id(1), &tx).unwrap();
+    store.apply_one(log_id(1), &tx).unwrap();
     let bytes = postcard::to_stdvec(&store.snapshot()).unwrap();
     let (shared, applied) = store.encode_snapshot().unwrap();
     assert_eq!(
@@ -180,7 +189,7 @@ fn lookups_accept_ids_names_and_unique_prefixes() {
     let tx = Transaction::new(1)
         .create(service("abc111", "web"))
         .create(service("abc222", "db"));
-    store.apply(log_id(1), &tx).unwrap();
+    store.apply_one(log_id(1), &tx).unwrap();
     let tables = store.read();
     assert_eq!(tables.find_service("web").unwrap().meta.id, "abc111");
     assert_eq!(tables.find_service("abc2").unwrap().meta.id, "abc222");
@@ -200,7 +209,7 @@ fn status_patches_only_move_forward_and_never_conflict() {
     let mut t = task("t1", "s1", "n1");
     t.status.state = TaskState::Assigned;
     store
-        .apply(log_id(1), &Transaction::new(1).create(t))
+        .apply_one(log_id(1), &Transaction::new(1).create(t))
         .unwrap();
     let running = TaskStatus {
         state: TaskState::Running,
@@ -229,7 +238,7 @@ fn status_patches_only_move_forward_and_never_conflict() {
             id: "gone".into(),
             state: TaskState::Remove,
         });
-    assert_eq!(store.apply(log_id(2), &tx), Ok(2));
+    assert_eq!(store.apply_one(log_id(2), &tx), Ok(2));
     let tables = store.read();
     let t1 = tables.tasks.get("t1").unwrap();
     assert_eq!(t1.status.state, TaskState::Running);
@@ -244,13 +253,13 @@ fn the_scheduler_cannot_assign_a_task_that_is_no_longer_pending() {
     t.status.state = TaskState::Pending;
     t.desired_state = TaskState::Running;
     store
-        .apply(log_id(1), &Transaction::new(1).create(t))
+        .apply_one(log_id(1), &Transaction::new(1).create(t))
         .unwrap();
     let shut = Transaction::new(2).patch(Patch::TaskDesiredState {
         id: "t1".into(),
         state: TaskState::Shutdown,
     });
-    store.apply(log_id(2), &shut).unwrap();
+    store.apply_one(log_id(2), &shut).unwrap();
     let assign = Transaction::new(3).patch(Patch::TaskAssign {
         id: "t1".into(),
         node_id: "n1".into(),
@@ -259,7 +268,7 @@ fn the_scheduler_cannot_assign_a_task_that_is_no_longer_pending() {
             ..Default::default()
         },
     });
-    store.apply(log_id(3), &assign).unwrap();
+    store.apply_one(log_id(3), &assign).unwrap();
     let tables = store.read();
     assert_eq!(tables.tasks.get("t1").unwrap().node_id, "");
     assert_eq!(tables.tasks_on_node("n1").count(), 0);
@@ -269,7 +278,7 @@ fn the_scheduler_cannot_assign_a_task_that_is_no_longer_pending() {
 async fn waiting_for_a_version_returns_once_it_is_applied() {
     let store = Arc::new(Store::new());
     store
-        .apply(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .apply_one(log_id(1), &Transaction::new(1).create(service("s1", "web")))
         .unwrap();
     // Reached already: no wait.
     store.wait_for(1).await;
@@ -281,10 +290,46 @@ async fn waiting_for_a_version_returns_once_it_is_applied() {
     tokio::task::yield_now().await;
     assert!(!waiting.is_finished(), "version 3 is not applied yet");
     store
-        .apply(log_id(3), &Transaction::new(3).create(service("s2", "db")))
+        .apply_one(log_id(3), &Transaction::new(3).create(service("s2", "db")))
         .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
         .await
         .expect("the waiter wakes when version 3 is applied")
         .unwrap();
+}
+
+#[test]
+fn transactions_of_one_entry_apply_in_order_each_on_its_own() {
+    let store = Store::new();
+    store
+        .apply_one(log_id(1), &Transaction::new(1).create(service("s1", "web")))
+        .unwrap();
+    let read = store.read().services.get("s1").unwrap().as_ref().clone();
+    let mut renamed = read.clone();
+    renamed.spec.name = "api".into();
+    let mut raced = read;
+    raced.spec.name = "db".into();
+    let mut watch = store.subscribe();
+    let results = store.apply(
+        log_id(2),
+        &[
+            Transaction::new(2).update(renamed),
+            // Read at the same version as the first: the first changed it.
+            Transaction::new(3).update(raced),
+            Transaction::new(4).create(service("s2", "db")),
+        ],
+    );
+    assert_eq!(results[0], Ok(2));
+    assert!(matches!(results[1], Err(TxError::Conflict { .. })));
+    assert_eq!(results[2], Ok(2));
+    let tables = store.read();
+    assert_eq!(tables.services.get("s1").unwrap().spec.name, "api");
+    assert_eq!(tables.services.get("s2").unwrap().meta.version, 2);
+    assert_eq!(tables.version, 2);
+    drop(tables);
+    // One entry, one change set: a watch resuming at 2 misses none of it.
+    let changes = watch.try_recv().unwrap();
+    assert_eq!((changes.version, changes.time), (2, 4));
+    assert_eq!(changes.events.len(), 2);
+    assert!(watch.try_recv().is_err());
 }

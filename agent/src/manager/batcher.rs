@@ -1,0 +1,267 @@
+//! Group commit of proposals: writes that arrive while earlier ones are in
+//! flight travel together.
+//!
+//! A raft write costs a log append on every manager, a replication round
+//! trip and raft's per-entry bookkeeping, whatever its size; a write
+//! forwarded by a follower costs an RPC to the leader on top. With one of
+//! each per write, 64 clients making small writes kept two cores busy with
+//! framing and bookkeeping. A [`ProposalBatcher`] keeps at most
+//! [`IN_FLIGHT`] batches going at once; whatever arrives meanwhile waits in
+//! its queue and goes out together in the next batch, up to
+//! [`BATCH_OPS`] ops. A lone write still goes out at once.
+//!
+//! The leader has one batcher in front of raft (a batch is one raft entry,
+//! a [`Proposal`]); a follower has one per leader address in front of the
+//! `Propose` RPC.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::ProposeError;
+use crate::raft::types::{Proposal, Raft};
+use crate::store::Transaction;
+
+/// Batches in flight, at most. Enough to keep the log writer, replication
+/// and apply all busy at once; fewer would leave one idle while another
+/// works, more would only shrink the batches.
+const IN_FLIGHT: usize = 2;
+
+/// Ops gathered into one batch, at most (a single larger transaction goes
+/// alone). Control-loop transactions carry up to 1,000 ops; they are not
+/// merged with each other, which keeps replication messages within
+/// [`crate::raft::network`]'s bound.
+const BATCH_OPS: usize = 1_000;
+
+/// One transaction's outcome: the version its changes carry.
+pub type Outcome = Result<u64, ProposeError>;
+
+type Reply = oneshot::Sender<Outcome>;
+
+/// Hands transactions on in batches. Cheap to clone; the batching task ends
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct ProposalBatcher {
+    queue: mpsc::UnboundedSender<(Transaction, Reply)>,
+}
+
+impl ProposalBatcher {
+    /// Starts a batching task on the current runtime. `commit` takes a
+    /// batch and answers one outcome per transaction, in order, or one
+    /// error for the whole batch.
+    pub fn start<F, Fut>(commit: F) -> Self
+    where
+        F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
+    {
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run(commit, pending));
+        ProposalBatcher { queue }
+    }
+
+    /// The leader's batcher: each batch is one raft entry.
+    pub fn for_raft(raft: Raft) -> Self {
+        ProposalBatcher::start(move |txs| {
+            let raft = raft.clone();
+            async move { commit_to_raft(&raft, txs).await }
+        })
+    }
+
+    /// Commits `tx` with the next batch.
+    pub async fn propose(&self, tx: Transaction) -> Outcome {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send((tx, reply))
+            .map_err(|_| ProposeError::Shutdown)?;
+        outcome.await.unwrap_or(Err(ProposeError::Shutdown))
+    }
+
+    /// Commits `txs`, queued together and in order, and answers their
+    /// outcomes in the same order.
+    pub async fn propose_all(&self, txs: Vec<Transaction>) -> Vec<Outcome> {
+        let outcomes: Vec<_> = txs
+            .into_iter()
+            .map(|tx| {
+                let (reply, outcome) = oneshot::channel();
+                let queued = self.queue.send((tx, reply)).is_ok();
+                (queued, outcome)
+            })
+            .collect();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (queued, outcome) in outcomes {
+            results.push(match queued {
+                true => outcome.await.unwrap_or(Err(ProposeError::Shutdown)),
+                false => Err(ProposeError::Shutdown),
+            });
+        }
+        results
+    }
+}
+
+async fn run<F, Fut>(commit: F, mut pending: mpsc::UnboundedReceiver<(Transaction, Reply)>)
+where
+    F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
+{
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A write that did not fit in the previous batch opens the next one.
+    let mut carried: Option<(Transaction, Reply)> = None;
+    loop {
+        // Waiting for a free slot first is what lets writes pile up into
+        // one batch while the earlier ones are busy.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut ops = first.0.len();
+        let mut batch = vec![first];
+        while ops < BATCH_OPS {
+            let Ok(next) = pending.try_recv() else { break };
+            if ops + next.0.len() > BATCH_OPS {
+                carried = Some(next);
+                break;
+            }
+            ops += next.0.len();
+            batch.push(next);
+        }
+        let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let committed = commit(txs);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = committed.await;
+            tracing::debug!(
+                writes = replies.len(),
+                ops,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "batch committed"
+            );
+            answer(replies, outcome);
+            drop(slot);
+        });
+    }
+}
+
+/// Gives each writer its own transaction's outcome, or the batch's error.
+fn answer(replies: Vec<Reply>, outcome: Result<Vec<Outcome>, ProposeError>) {
+    let count = replies.len();
+    let outcome = outcome.and_then(|outcomes| match outcomes.len() == count {
+        true => Ok(outcomes),
+        false => Err(ProposeError::Raft(format!(
+            "{} outcomes came back for {count} transactions",
+            outcomes.len()
+        ))),
+    });
+    match outcome {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Proposes `txs` as one raft entry.
+async fn commit_to_raft(raft: &Raft, txs: Vec<Transaction>) -> Result<Vec<Outcome>, ProposeError> {
+    match raft.client_write(Proposal { txs }).await {
+        Ok(response) => Ok(response
+            .data
+            .into_iter()
+            .map(|result| result.map_err(ProposeError::Rejected))
+            .collect()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(ProposeError::NotManager)
+        }
+        Err(e) => Err(ProposeError::Raft(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{Patch, TaskState};
+
+    /// A transaction of `ops` ops, told apart by its time.
+    fn tx(time: i64, ops: usize) -> Transaction {
+        let mut tx = Transaction::new(time);
+        for i in 0..ops {
+            tx = tx.patch(Patch::TaskDesiredState {
+                id: format!("t{i}"),
+                state: TaskState::Shutdown,
+            });
+        }
+        tx
+    }
+
+    /// A batcher whose batches take `delay`, recording their sizes. Each
+    /// transaction's outcome is its time, so that a mixed-up answer shows.
+    fn recording(delay: Duration) -> (ProposalBatcher, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = ProposalBatcher::start(move |txs: Vec<Transaction>| {
+            seen.lock().unwrap().push(txs.len());
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok(txs.iter().map(|tx| Ok(tx.time as u64)).collect())
+            }
+        });
+        (batcher, sizes)
+    }
+
+    #[tokio::test]
+    async fn queued_writes_share_batches_of_bounded_size() {
+        let (batcher, sizes) = recording(Duration::from_millis(20));
+        // 60 writes of 100 ops: the first four batches fill the in-flight
+        // slots, the rest wait for one to free and then go together.
+        let writes = (0..60).map(|i| {
+            let batcher = batcher.clone();
+            async move { (i, batcher.propose(tx(i, 100)).await) }
+        });
+        for (i, outcome) in futures::future::join_all(writes).await {
+            assert_eq!(
+                outcome.unwrap(),
+                i as u64,
+                "each writer gets its own outcome"
+            );
+        }
+        assert_eq!(sizes.lock().unwrap().clone(), [10; 6]);
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_goes_out_at_once_and_a_large_one_alone() {
+        let (batcher, sizes) = recording(Duration::ZERO);
+        assert_eq!(batcher.propose(tx(7, 1)).await.unwrap(), 7);
+        let outcomes = batcher
+            .propose_all(vec![tx(1, BATCH_OPS), tx(2, 2), tx(3, 3)])
+            .await;
+        let outcomes: Vec<u64> = outcomes.into_iter().map(Result::unwrap).collect();
+        assert_eq!(outcomes, [1, 2, 3]);
+        assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_writes() {
+        let batcher =
+            ProposalBatcher::start(|_txs| async { Err(ProposeError::Raft("no quorum".into())) });
+        let outcomes = batcher.propose_all(vec![tx(1, 1), tx(2, 1)]).await;
+        assert_eq!(outcomes.len(), 2);
+        for outcome in outcomes {
+            assert!(matches!(outcome, Err(ProposeError::Raft(ref m)) if m == "no quorum"));
+        }
+    }
+}
