@@ -23,14 +23,21 @@ fn console_on(agent: &Agent, name: &str) -> Result<Terminal> {
 /// Narrows the current view to rows matching `text`, so the first row is
 /// the one the test acts on.
 fn select(terminal: &Terminal, text: &str) -> Result<()> {
-    // Escape clears an earlier filter. It goes alone and is given time:
-    // an escape byte followed at once by another key reads as Alt+key.
-    terminal.keys(&["/"])?;
-    terminal.keys(&["Escape"])?;
-    std::thread::sleep(Duration::from_millis(300));
+    if terminal.screen().contains("(filter: ") {
+        // Escape clears the earlier filter. The next key waits until the
+        // screen shows it cleared: an escape byte read together with the
+        // next key is Alt+key, and on a busy machine a fixed pause was not
+        // always enough.
+        terminal.keys(&["/"])?;
+        terminal.keys(&["Escape"])?;
+        wait_until(SCREEN, || Ok(!terminal.screen().contains("(filter: ")))
+            .with_context(|| terminal.screen())?;
+    }
     terminal.keys(&["/"])?;
     terminal.type_text(text)?;
-    terminal.keys(&["Enter"])
+    terminal.keys(&["Enter"])?;
+    // A key meant for the selected row must not land on another one.
+    terminal.wait_for(&format!("(filter: {text})"), SCREEN)
 }
 
 /// A field of `node ls --format json` (the documented shape) for `hostname`.

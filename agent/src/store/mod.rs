@@ -245,7 +245,9 @@ pub struct Tables {
     pub clusters: Table<Cluster>,
     /// Tasks by service id and by node id, holding the same `Arc`s as
     /// `tasks` so that walking a service's 100,000 tasks costs no lookups.
-    tasks_by_service: HashMap<String, TaskIndex>,
+    /// A service's tasks are ordered by slot, so that one slot's history is
+    /// a range rather than a walk of the service.
+    tasks_by_service: HashMap<String, BTreeMap<(u64, String), Arc<Task>>>,
     tasks_by_node: HashMap<String, TaskIndex>,
     service_by_name: HashMap<String, String>,
     /// Raft index of the last applied entry: the store's version.
@@ -321,6 +323,7 @@ impl Tables {
             .and_then(|id| self.services.get(id))
     }
 
+    /// A service's tasks, by slot (global ones, slot 0, first).
     pub fn tasks_of_service<'a>(
         &'a self,
         service_id: &str,
@@ -329,6 +332,33 @@ impl Tables {
             .get(service_id)
             .into_iter()
             .flat_map(|tasks| tasks.values())
+    }
+
+    /// The tasks of one place of a service: its slot `slot`, or for a
+    /// global service (slot 0) its node `node_id`.
+    pub fn tasks_in_slot<'a>(
+        &'a self,
+        service_id: &'a str,
+        slot: u64,
+        node_id: &'a str,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Task>> + 'a> {
+        if slot == 0 {
+            return Box::new(
+                self.tasks_on_node(node_id)
+                    .filter(move |task| task.service_id == service_id && task.slot == 0),
+            );
+        }
+        Box::new(
+            self.tasks_by_service
+                .get(service_id)
+                .into_iter()
+                .flat_map(move |tasks| {
+                    tasks
+                        .range((slot, String::new())..)
+                        .take_while(move |((of, _), _)| *of == slot)
+                        .map(|(_, task)| task)
+                }),
+        )
     }
 
     pub fn tasks_on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Arc<Task>> + 'a {
@@ -357,7 +387,7 @@ impl Tables {
                 self.tasks_by_service
                     .entry(task.service_id.clone())
                     .or_default()
-                    .insert(task.meta.id.clone(), task.clone());
+                    .insert((task.slot, task.meta.id.clone()), task.clone());
                 if !task.node_id.is_empty() {
                     self.tasks_by_node
                         .entry(task.node_id.clone())
@@ -386,8 +416,12 @@ impl Tables {
                 Object::Service(unwrap_arc(o))
             }),
             Kind::Task => self.tasks.items.remove(id).map(|o| {
-                remove_index(&mut self.tasks_by_service, &o.service_id, id);
-                remove_index(&mut self.tasks_by_node, &o.node_id, id);
+                remove_index(
+                    &mut self.tasks_by_service,
+                    &o.service_id,
+                    &(o.slot, o.meta.id.clone()),
+                );
+                remove_index(&mut self.tasks_by_node, &o.node_id, &o.meta.id);
                 Object::Task(unwrap_arc(o))
             }),
             Kind::Cluster => self
@@ -638,9 +672,9 @@ fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
 /// Tasks of one service or one node, by id.
 type TaskIndex = BTreeMap<String, Arc<Task>>;
 
-fn remove_index(index: &mut HashMap<String, TaskIndex>, key: &str, id: &str) {
+fn remove_index<K: Ord>(index: &mut HashMap<String, BTreeMap<K, Arc<Task>>>, key: &str, entry: &K) {
     if let Some(set) = index.get_mut(key) {
-        set.remove(id);
+        set.remove(entry);
         if set.is_empty() {
             index.remove(key);
         }

@@ -333,3 +333,64 @@ fn transactions_of_one_entry_apply_in_order_each_on_its_own() {
     assert_eq!(changes.events.len(), 2);
     assert!(watch.try_recv().is_err());
 }
+
+#[test]
+fn a_slots_tasks_are_found_without_walking_the_service() {
+    let store = Store::new();
+    let in_slot = |id: &str, slot: u64, node: &str| Task {
+        slot,
+        ..task(id, "s1", node)
+    };
+    let mut tx = Transaction::new(1).create(service("s1", "web"));
+    for (id, slot, node) in [
+        ("a", 1, "n1"),
+        ("b", 2, "n1"),
+        ("c", 2, "n2"),
+        ("d", 3, "n2"),
+        ("g1", 0, "n1"),
+        ("g2", 0, "n2"),
+    ] {
+        tx = tx.create(in_slot(id, slot, node));
+    }
+    tx = tx.create(Task {
+        slot: 2,
+        ..task("other", "s2", "n1")
+    });
+    store.apply_one(log_id(1), &tx).unwrap();
+    let ids = |slot: u64, node: &str| {
+        let tables = store.read();
+        let mut ids: Vec<String> = tables
+            .tasks_in_slot("s1", slot, node)
+            .map(|t| t.meta.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(2, ""), ["b", "c"]);
+    assert_eq!(ids(1, ""), ["a"]);
+    assert_eq!(ids(4, ""), Vec::<String>::new());
+    assert_eq!(ids(0, "n2"), ["g2"], "global tasks are found by node");
+    assert_eq!(ids(u64::MAX, ""), Vec::<String>::new());
+
+    let moved = Task {
+        node_id: "n3".into(),
+        ..store.read().tasks.get("c").unwrap().as_ref().clone()
+    };
+    store
+        .apply_one(log_id(2), &Transaction::new(2).update(moved))
+        .unwrap();
+    let b = store.read().tasks.get("b").unwrap().as_ref().clone();
+    store
+        .apply_one(log_id(3), &Transaction::new(3).delete(&b))
+        .unwrap();
+    assert_eq!(ids(2, ""), ["c"], "updates and removals keep the index");
+    assert_eq!(
+        store
+            .read()
+            .tasks_of_service("s1")
+            .map(|t| t.slot)
+            .collect::<Vec<_>>(),
+        [0, 0, 1, 2, 3],
+        "a service's tasks come by slot"
+    );
+}

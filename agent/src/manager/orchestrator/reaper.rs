@@ -25,7 +25,7 @@ type SlotKey = (u64, String);
 pub struct Reaper {
     /// Per service, the slots to look at; `None` for all of them. Slots,
     /// not services: creating 100,000 tasks must not cost a walk of the
-    /// whole service per batch.
+    /// whole service per batch (the store finds a slot's tasks by range).
     dirty: HashMap<String, Option<HashSet<SlotKey>>>,
     all_dirty: bool,
 }
@@ -131,12 +131,16 @@ fn reap_service(
     ops: &mut Vec<Op>,
 ) {
     let service_exists = tables.services.get(service_id).is_some();
+    let tasks: Box<dyn Iterator<Item = &Arc<Task>>> = match only {
+        None => Box::new(tables.tasks_of_service(service_id)),
+        Some(only) => Box::new(
+            only.iter()
+                .flat_map(|(slot, node_id)| tables.tasks_in_slot(service_id, *slot, node_id)),
+        ),
+    };
     let mut slots: BTreeMap<SlotKey, Vec<Arc<Task>>> = BTreeMap::new();
-    for task in tables.tasks_of_service(service_id) {
+    for task in tasks {
         let key = slot_key(task);
-        if only.is_some_and(|only| !only.contains(&key)) {
-            continue;
-        }
         let never_assigned = task.status.state < TaskState::Assigned;
         let finished = task.status.state.is_terminal();
         let node_gone = !task.node_id.is_empty() && tables.nodes.get(&task.node_id).is_none();
