@@ -253,11 +253,13 @@ async fn run_session(worker: &Arc<Worker>, target: &str, running: &[String]) -> 
                 if message.heartbeat_period_ms > 0 {
                     *period.lock() = Duration::from_millis(message.heartbeat_period_ms);
                 }
+                // Assignments first: a subscription may name a task that
+                // arrives in the same message.
                 let subscriptions = std::mem::take(&mut message.log_subscriptions);
+                apply_message(worker, message);
                 worker
                     .logs
                     .apply(subscriptions, &worker.tasks, &client, &session);
-                apply_message(worker, message);
             }
             Ok(None) => break SessionEnd::Ended("the manager closed the session".into()),
             Err(status) => break SessionEnd::Ended(status.message().to_string()),

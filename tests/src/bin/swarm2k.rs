@@ -160,6 +160,8 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let joined = Arc::new(Semaphore::new(0));
     let gate = Arc::new(Semaphore::new(args.parallel_joins));
+    // Sessions cut by the shutdown at the end are not failures to report.
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(true));
     runtime.block_on(async {
         for i in 0..args.nodes {
             let leader = leader.addr.clone();
@@ -167,13 +169,16 @@ fn main() -> Result<()> {
             let root = root.clone();
             let joined = joined.clone();
             let gate = gate.clone();
+            let measuring = measuring.clone();
             tokio::spawn(async move {
                 let Ok(permit) = gate.acquire_owned().await else {
                     return;
                 };
                 let counted = joined.clone();
                 if let Err(e) = simulated_node(i, leader, token, root, joined, permit).await {
-                    eprintln!("simulated node {i}: {e:#}");
+                    if measuring.load(std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!("simulated node {i}: {e:#}");
+                    }
                     counted.add_permits(1);
                 }
             });
@@ -240,6 +245,7 @@ fn main() -> Result<()> {
         args.replicas,
         converged.as_secs_f64()
     );
+    measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     runtime.shutdown_background();
     Ok(())
 }
