@@ -38,16 +38,28 @@ pub async fn manage_roles(runtime: Arc<ManagerRuntime>, ctx: LeaderContext) {
 }
 
 async fn reconcile(runtime: &Arc<ManagerRuntime>, ctx: &LeaderContext) -> Result<(), String> {
-    let members: HashSet<u64> = runtime.members().iter().map(|(id, _, _)| *id).collect();
     let window = Duration::from_millis(runtime.timing.election_max_ms * 3);
-    let nodes: Vec<Arc<Node>> = ctx
-        .store
-        .read()
-        .nodes
-        .iter()
-        .filter(|n| n.role == Role::Manager)
-        .cloned()
-        .collect();
+    // Membership as applied to the store, read together with the nodes: a
+    // promoted node's role is recorded after raft added it, so the two
+    // agree. raft's metrics can lag the store, and a freshly promoted
+    // manager read against them looked as if it had left raft.
+    let (members, nodes) = {
+        let tables = ctx.store.read();
+        let members: HashSet<u64> = tables
+            .raft
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let nodes: Vec<Arc<Node>> = tables
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Manager)
+            .cloned()
+            .collect();
+        (members, nodes)
+    };
     for node in nodes {
         let raft_id = node.manager_status.as_ref().map_or(0, |m| m.raft_id);
         let in_raft = members.contains(&raft_id);
