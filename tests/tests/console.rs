@@ -21,7 +21,8 @@ fn console_on(agent: &Agent, name: &str) -> Result<Terminal> {
 }
 
 /// Narrows the current view to rows matching `text`, so the first row is
-/// the one the test acts on.
+/// the one the test acts on. The nodes view filters on "ID HOSTNAME", and a random base-36 id can
+/// hold a short hostname such as "m3": select nodes by " HOSTNAME".
 fn select(terminal: &Terminal, text: &str) -> Result<()> {
     if terminal.screen().contains("(filter: ") {
         // Escape clears the earlier filter. The next key waits until the
@@ -88,7 +89,7 @@ fn d_drains_a_node_after_confirmation_and_a_activates_it() -> Result<()> {
     let terminal = console_on(cluster.agent("m1"), "drain")?;
     terminal.keys(&["1"])?;
     terminal.wait_for("w1", SCREEN)?;
-    select(&terminal, "w1")?;
+    select(&terminal, " w1")?;
     // A key other than y cancels.
     terminal.keys(&["d", "n"])?;
     terminal.wait_for("cancelled", SCREEN)?;
@@ -131,7 +132,7 @@ fn minus_demotes_and_plus_promotes_a_manager() -> Result<()> {
     let terminal = console_on(cluster.agent("m1"), "roles")?;
     terminal.keys(&["1"])?;
     terminal.wait_for("m3", SCREEN)?;
-    select(&terminal, "m3")?;
+    select(&terminal, " m3")?;
     terminal.keys(&["-", "y"])?;
     wait_until(CLUSTER, || {
         Ok(node_field(&cluster, "m3", "role")? == "worker")

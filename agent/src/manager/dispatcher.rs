@@ -32,6 +32,13 @@ use crate::store::*;
 const STATUS_BATCH: usize = 2_000;
 /// Status proposals committing at once.
 const STATUS_PROPOSALS_IN_FLIGHT: usize = 4;
+/// A session's changes that keep coming less than this apart are sent
+/// together: during a large scale-up each node gets a few messages instead
+/// of one per task, while a lone change waits only this long.
+const SESSION_QUIET: Duration = Duration::from_millis(25);
+/// Longest a change waits for more to join it (swarmkit's dispatcher: 100 ms;
+/// 200 ms measured best with 2,300 sessions on two cores).
+const SESSION_GATHER_MAX: Duration = Duration::from_millis(200);
 
 pub struct Dispatcher {
     ctx: LeaderContext,
@@ -370,6 +377,9 @@ async fn write_session(
             () = session.closed.cancelled() => break,
             () = tx.closed() => break,
         }
+        if !gather(&session).await {
+            break;
+        }
     }
     if dispatcher.is_stopped() {
         let _ = tx
@@ -380,6 +390,24 @@ async fn write_session(
     }
     dispatcher.forget_session(&session);
     tracing::debug!(node = %session.node_id, "session closed");
+}
+
+/// Waits while changes keep arriving, up to [`SESSION_GATHER_MAX`]; false
+/// when the session closed meanwhile.
+async fn gather(session: &Session) -> bool {
+    let deadline = tokio::time::Instant::now() + SESSION_GATHER_MAX;
+    loop {
+        let quiet_until = (tokio::time::Instant::now() + SESSION_QUIET).min(deadline);
+        tokio::select! {
+            () = tokio::time::sleep_until(quiet_until) => return true,
+            () = session.wake.notified() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return true;
+                }
+            }
+            () = session.closed.cancelled() => return false,
+        }
+    }
 }
 
 fn build_message(

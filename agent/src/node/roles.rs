@@ -55,6 +55,7 @@ async fn reconcile_role(
         .and_then(|s| pb::NodeRole::try_from(s.desired_role).ok());
     let actual = pb::NodeRole::try_from(node.role).ok();
     let running_as = active.membership.lock().role;
+    tracing::debug!(?running_as, ?desired, ?actual, "following this node's role");
     match (running_as, desired, actual) {
         (Role::Worker, Some(pb::NodeRole::Manager), _) => promote(agent, active).await,
         (Role::Manager, Some(pb::NodeRole::Worker), Some(pb::NodeRole::Worker)) => {

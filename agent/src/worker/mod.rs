@@ -298,6 +298,12 @@ fn apply_message(worker: &Arc<Worker>, message: pb::SessionMessage) {
         });
     }
     if let Some(node) = message.node {
+        tracing::debug!(
+            version = node.meta.as_ref().map_or(0, |m| m.version),
+            role = node.role,
+            desired_role = node.spec.as_ref().map_or(0, |s| s.desired_role),
+            "the leader sent this node's object"
+        );
         worker.node.send_replace(Some(node));
     }
     if let Some(cluster) = message.cluster {

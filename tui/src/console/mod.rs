@@ -615,50 +615,99 @@ async fn follow_logs(
     let _ = tx.send(Message::LogsEnded { service, reason }).await;
 }
 
+/// Writes made from the console name the version the model holds. The
+/// model can be a moment behind the cluster (a role change or a status
+/// report just landed), so a write refused for naming an older version is
+/// retried on a fresh read, as the CLI does: the operator's intent (this
+/// field, this value) is the same.
+const STALE_WRITE_RETRIES: u32 = 5;
+
 async fn update_service(
     client: &mut Client,
     model: &Model,
     service: &str,
-    change: impl FnOnce(&mut pb::ServiceSpec),
+    change: impl Fn(&mut pb::ServiceSpec),
 ) -> Result<(), tonic::Status> {
-    let current = model
+    let mut current = model
         .services
         .get(service)
+        .cloned()
         .ok_or_else(|| tonic::Status::not_found("the service is gone"))?;
-    let mut spec = current.spec.clone().unwrap_or_default();
-    change(&mut spec);
-    client
-        .update_service(pb::UpdateServiceRequest {
-            service: service.to_string(),
-            version: current.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-            rollback: false,
-            pause: false,
-        })
-        .await
-        .map(|_| ())
+    let mut attempts = 0;
+    loop {
+        let mut spec = current.spec.clone().unwrap_or_default();
+        change(&mut spec);
+        let written = client
+            .update_service(pb::UpdateServiceRequest {
+                service: service.to_string(),
+                version: current.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+                rollback: false,
+                pause: false,
+            })
+            .await;
+        match written {
+            Err(status)
+                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
+            {
+                attempts += 1;
+                current = client
+                    .list_services(pb::ListServicesRequest {
+                        names: vec![service.to_string()],
+                    })
+                    .await?
+                    .into_inner()
+                    .services
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| tonic::Status::not_found("the service is gone"))?;
+            }
+            written => return written.map(|_| ()),
+        }
+    }
 }
 
 async fn update_node(
     client: &mut Client,
     model: &Model,
     node: &str,
-    change: impl FnOnce(&mut pb::NodeSpec),
+    change: impl Fn(&mut pb::NodeSpec),
 ) -> Result<(), tonic::Status> {
-    let current = model
+    let mut current = model
         .nodes
         .get(node)
+        .cloned()
         .ok_or_else(|| tonic::Status::not_found("the node is gone"))?;
-    let mut spec = current.spec.clone().unwrap_or_default();
-    change(&mut spec);
-    client
-        .update_node(pb::UpdateNodeRequest {
-            node: node.to_string(),
-            version: current.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map(|_| ())
+    let mut attempts = 0;
+    loop {
+        let mut spec = current.spec.clone().unwrap_or_default();
+        change(&mut spec);
+        let written = client
+            .update_node(pb::UpdateNodeRequest {
+                node: node.to_string(),
+                version: current.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await;
+        match written {
+            Err(status)
+                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
+            {
+                attempts += 1;
+                current = client
+                    .list_nodes(pb::ListNodesRequest {
+                        names: vec![node.to_string()],
+                    })
+                    .await?
+                    .into_inner()
+                    .nodes
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| tonic::Status::not_found("the node is gone"))?;
+            }
+            written => return written.map(|_| ()),
+        }
+    }
 }
 
 #[cfg(test)]
