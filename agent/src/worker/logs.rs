@@ -192,8 +192,21 @@ async fn read_task(
         node_id: task.node_id.clone(),
         task_id: task.meta.id.clone(),
     };
-    let stream = tasks.executor().logs(&task, options).await;
-    if let Ok(mut stream) = stream {
+    let stream = loop {
+        match tasks.executor().logs(&task, options.clone()).await {
+            Ok(stream) => break Some(stream),
+            // A follower can see a task the moment it is assigned, before
+            // its workload exists: wait for it while the task is still ours.
+            Err(_) if options.follow && tasks.holds(&task.meta.id) => {
+                tokio::select! {
+                    () = tokio::time::sleep(NEW_TASKS) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            Err(_) => break None,
+        }
+    };
+    if let Some(mut stream) = stream {
         loop {
             let entry = tokio::select! {
                 entry = stream.next() => entry,

@@ -124,6 +124,11 @@ impl TaskManager {
             .collect()
     }
 
+    /// Whether `task_id` is still assigned to this node.
+    pub fn holds(&self, task_id: &str) -> bool {
+        self.runners.lock().contains_key(task_id)
+    }
+
     pub fn executor(&self) -> &Arc<dyn Executor> {
         &self.executor
     }
