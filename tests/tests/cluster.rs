@@ -192,6 +192,51 @@ fn wrong_and_rotated_tokens_are_refused_with_clear_messages() -> Result<()> {
     Ok(())
 }
 
+/// `manager_status` and `role` of `hostname` as `node ls` on m1 shows them.
+fn role_of(cluster: &Cluster, hostname: &str) -> Result<(String, String)> {
+    let nodes = cluster.agent("m1").shoal_json(&["node", "ls"])?;
+    let node = nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["hostname"] == hostname))
+        .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes}"))?;
+    Ok((
+        node["role"].as_str().unwrap_or_default().to_string(),
+        node["manager_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn is_reachable_manager(cluster: &Cluster, hostname: &str) -> Result<bool> {
+    Ok(role_of(cluster, hostname)? == ("manager".into(), "reachable".into()))
+}
+
+#[test]
+fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
+    let cluster = Cluster::start(3, 1, Executor::Sim)?;
+    let m1 = cluster.agent("m1");
+    let changing_roles = Duration::from_secs(30);
+
+    let out = m1.shoal_ok(&["node", "promote", "w1"])?;
+    assert!(out.contains("promoted"), "{out}");
+    wait_until(changing_roles, || is_reachable_manager(&cluster, "w1"))?;
+    wait_until(changing_roles, || {
+        Ok(cluster.agent("w1").shoal_json(&["info"])?["role"] == "manager")
+    })?;
+    // A write through the new manager goes through raft.
+    cluster
+        .agent("w1")
+        .shoal_ok(&["node", "update", "--label-add", "promoted=yes", "w1"])?;
+    m1.shoal_ok(&["node", "demote", "w1"])?;
+    wait_until(changing_roles, || {
+        Ok(role_of(&cluster, "w1")?.0 == "worker"
+            && cluster.agent("w1").shoal_json(&["info"])?["role"] == "worker")
+    })?;
+
+    Ok(())
+}
+
 #[test]
 fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<()> {
     let cluster = Cluster::start(1, 1, Executor::Sim)?;
