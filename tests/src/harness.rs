@@ -170,6 +170,20 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Freezes the agent (SIGSTOP): it hears nothing and says nothing
+    /// until [`Agent::resume`]. A frozen agent is still killed on drop.
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            unsafe_kill(pid, libc::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            unsafe_kill(pid, libc::SIGCONT);
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -238,6 +238,35 @@ fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
 }
 
 #[test]
+fn a_manager_that_missed_its_demotion_and_promotion_joins_raft_again() -> Result<()> {
+    let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
+    // m3 is frozen through its demotion and the promotion that follows,
+    // then restarts: its data dir says manager, the cluster's first word
+    // says "worker wanted as a manager", and the cluster no longer has its
+    // old raft self. It must leave raft and join again.
+    cluster.agent("m3").pause();
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&["node", "demote", "m3"])?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(role_of(&cluster, "m3")?.0 == "worker")
+    })?;
+    m1.shoal_ok(&["node", "promote", "m3"])?;
+    let m3 = cluster.agent_mut("m3");
+    m3.kill9();
+    m3.start()?;
+    wait_until(Duration::from_secs(30), || {
+        is_reachable_manager(&cluster, "m3")
+    })?;
+    let log = std::fs::read_to_string(cluster.root().join("m3/shoald.log"))?;
+    assert!(log.contains("joining again"), "m3 did not rejoin raft");
+    // A write through m3 goes through raft again.
+    cluster
+        .agent("m3")
+        .shoal_ok(&["node", "update", "--label-add", "back=yes", "m3"])?;
+    Ok(())
+}
+
+#[test]
 fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<()> {
     let cluster = Cluster::start(1, 1, Executor::Sim)?;
     // The last manager cannot be demoted.

@@ -54,15 +54,47 @@ async fn reconcile_role(
         .as_ref()
         .and_then(|s| pb::NodeRole::try_from(s.desired_role).ok());
     let actual = pb::NodeRole::try_from(node.role).ok();
-    let running_as = active.membership.lock().role;
+    let (running_as, running_raft_id) = {
+        let membership = active.membership.lock();
+        (membership.role, membership.raft_id)
+    };
+    let cluster_raft_id = node.manager_status.as_ref().map(|m| m.raft_id);
     tracing::debug!(?running_as, ?desired, ?actual, "following this node's role");
     match (running_as, desired, actual) {
         (Role::Worker, Some(pb::NodeRole::Manager), _) => promote(agent, active).await,
         (Role::Manager, Some(pb::NodeRole::Worker), Some(pb::NodeRole::Worker)) => {
             demote(agent, active).await
         }
+        (Role::Manager, Some(pb::NodeRole::Manager), Some(pb::NodeRole::Worker))
+            if cluster_raft_id != running_raft_id =>
+        {
+            rejoin_if_removed(agent, active).await
+        }
         _ => Ok(()),
     }
+}
+
+/// A manager demoted and promoted again before it heard of the demotion
+/// still runs raft as the member the cluster removed, and the cluster waits
+/// for it to ask to join. The object alone cannot tell that apart from a
+/// promotion under way (the raft id is recorded a moment later), so the CA
+/// decides: it hands out the raft id the cluster has for this node, and a
+/// different one means leave raft and join afresh under it.
+async fn rejoin_if_removed(agent: &Arc<Agent>, active: &Arc<ActiveNode>) -> Result<(), NodeError> {
+    let removed = {
+        let _guard = active.role_lock.lock().await;
+        let running = active.membership.lock().raft_id;
+        let (issued, _) = renew_certificate(active).await?;
+        pb::NodeRole::try_from(issued.role) == Ok(pb::NodeRole::Manager)
+            && issued.raft_id != 0
+            && Some(issued.raft_id) != running
+    };
+    if !removed {
+        return Ok(());
+    }
+    tracing::info!("the cluster took this manager out of raft and wants it back: joining again");
+    demote(agent, active).await?;
+    promote(agent, active).await
 }
 
 /// Asks a manager to sign a new certificate for this node's current role
