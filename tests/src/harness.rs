@@ -170,17 +170,11 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Freezes the agent (SIGSTOP): it hears nothing and says nothing
-    /// until [`Agent::resume`]. A frozen agent is still killed on drop.
+    /// Freezes the agent (SIGSTOP): it hears nothing and says nothing. A
+    /// frozen agent is still killed on drop.
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {
             unsafe_kill(pid, libc::SIGSTOP);
-        }
-    }
-
-    pub fn resume(&self) {
-        if let Some(pid) = self.pid() {
-            unsafe_kill(pid, libc::SIGCONT);
         }
     }
 
@@ -436,6 +430,17 @@ impl Cluster {
     pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
         let value = self.a_manager(&[]).shoal_json(&["node", "ls"])?;
         Ok(value.as_array().cloned().unwrap_or_default())
+    }
+
+    /// A string field of `node ls --format json` (the documented shape)
+    /// for the node named `hostname`; empty when the field is null.
+    pub fn node_field(&self, hostname: &str, field: &str) -> Result<String> {
+        let nodes = self.nodes()?;
+        let node = nodes
+            .iter()
+            .find(|n| n["hostname"] == hostname)
+            .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes:?}"))?;
+        Ok(node[field].as_str().unwrap_or_default().to_string())
     }
 
     /// Waits until `count` nodes report ready.

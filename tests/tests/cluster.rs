@@ -192,24 +192,9 @@ fn wrong_and_rotated_tokens_are_refused_with_clear_messages() -> Result<()> {
     Ok(())
 }
 
-/// `manager_status` and `role` of `hostname` as `node ls` on m1 shows them.
-fn role_of(cluster: &Cluster, hostname: &str) -> Result<(String, String)> {
-    let nodes = cluster.agent("m1").shoal_json(&["node", "ls"])?;
-    let node = nodes
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["hostname"] == hostname))
-        .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes}"))?;
-    Ok((
-        node["role"].as_str().unwrap_or_default().to_string(),
-        node["manager_status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    ))
-}
-
 fn is_reachable_manager(cluster: &Cluster, hostname: &str) -> Result<bool> {
-    Ok(role_of(cluster, hostname)? == ("manager".into(), "reachable".into()))
+    Ok(cluster.node_field(hostname, "role")? == "manager"
+        && cluster.node_field(hostname, "manager_status")? == "reachable")
 }
 
 #[test]
@@ -230,7 +215,7 @@ fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
         .shoal_ok(&["node", "update", "--label-add", "promoted=yes", "w1"])?;
     m1.shoal_ok(&["node", "demote", "w1"])?;
     wait_until(changing_roles, || {
-        Ok(role_of(&cluster, "w1")?.0 == "worker"
+        Ok(cluster.node_field("w1", "role")? == "worker"
             && cluster.agent("w1").shoal_json(&["info"])?["role"] == "worker")
     })?;
 
@@ -248,7 +233,7 @@ fn a_manager_that_missed_its_demotion_and_promotion_joins_raft_again() -> Result
     let m1 = cluster.agent("m1");
     m1.shoal_ok(&["node", "demote", "m3"])?;
     wait_until(Duration::from_secs(30), || {
-        Ok(role_of(&cluster, "m3")?.0 == "worker")
+        Ok(cluster.node_field("m3", "role")? == "worker")
     })?;
     m1.shoal_ok(&["node", "promote", "m3"])?;
     let m3 = cluster.agent_mut("m3");

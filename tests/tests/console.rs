@@ -21,8 +21,9 @@ fn console_on(agent: &Agent, name: &str) -> Result<Terminal> {
 }
 
 /// Narrows the current view to rows matching `text`, so the first row is
-/// the one the test acts on. The nodes view filters on "ID HOSTNAME", and a random base-36 id can
-/// hold a short hostname such as "m3": select nodes by " HOSTNAME".
+/// the one the test acts on. The nodes view filters on "ID HOSTNAME", and
+/// a random base-36 id can hold a short hostname such as "m3": select nodes
+/// by " HOSTNAME".
 fn select(terminal: &Terminal, text: &str) -> Result<()> {
     if terminal.screen().contains("(filter: ") {
         // Escape clears the earlier filter. The next key waits until the
@@ -39,16 +40,6 @@ fn select(terminal: &Terminal, text: &str) -> Result<()> {
     terminal.keys(&["Enter"])?;
     // A key meant for the selected row must not land on another one.
     terminal.wait_for(&format!("(filter: {text})"), SCREEN)
-}
-
-/// A field of `node ls --format json` (the documented shape) for `hostname`.
-fn node_field(cluster: &Cluster, hostname: &str, field: &str) -> Result<String> {
-    let nodes = cluster.agent("m1").shoal_json(&["node", "ls"])?;
-    let node = nodes
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["hostname"] == hostname))
-        .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes}"))?;
-    Ok(node[field].as_str().unwrap_or_default().to_string())
 }
 
 #[test]
@@ -93,14 +84,14 @@ fn d_drains_a_node_after_confirmation_and_a_activates_it() -> Result<()> {
     // A key other than y cancels.
     terminal.keys(&["d", "n"])?;
     terminal.wait_for("cancelled", SCREEN)?;
-    assert_eq!(node_field(&cluster, "w1", "availability")?, "active");
+    assert_eq!(cluster.node_field("w1", "availability")?, "active");
     terminal.keys(&["d", "y"])?;
     wait_until(CLUSTER, || {
-        Ok(node_field(&cluster, "w1", "availability")? == "drain")
+        Ok(cluster.node_field("w1", "availability")? == "drain")
     })?;
     terminal.keys(&["a"])?;
     wait_until(CLUSTER, || {
-        Ok(node_field(&cluster, "w1", "availability")? == "active")
+        Ok(cluster.node_field("w1", "availability")? == "active")
     })?;
     Ok(())
 }
@@ -118,10 +109,10 @@ fn space_marks_nodes_and_one_drain_takes_them_all() -> Result<()> {
     terminal.wait_for("Set w1, w2 to drain?", SCREEN)?;
     terminal.keys(&["y"])?;
     wait_until(CLUSTER, || {
-        Ok(node_field(&cluster, "w1", "availability")? == "drain"
-            && node_field(&cluster, "w2", "availability")? == "drain")
+        Ok(cluster.node_field("w1", "availability")? == "drain"
+            && cluster.node_field("w2", "availability")? == "drain")
     })?;
-    assert_eq!(node_field(&cluster, "m1", "availability")?, "active");
+    assert_eq!(cluster.node_field("m1", "availability")?, "active");
     terminal.wait_for("done: set w1, w2 to drain", SCREEN)?;
     Ok(())
 }
@@ -137,13 +128,13 @@ fn minus_demotes_and_plus_promotes_a_manager() -> Result<()> {
     // The demotion done on m3 itself too, so "+" starts a plain promotion
     // (the late-hearing case has its own test in cluster.rs).
     wait_until(CLUSTER, || {
-        Ok(node_field(&cluster, "m3", "role")? == "worker"
+        Ok(cluster.node_field("m3", "role")? == "worker"
             && cluster.agent("m3").shoal_json(&["info"])?["role"] == "worker")
     })?;
     terminal.keys(&["+"])?;
     wait_until(CLUSTER, || {
-        Ok(node_field(&cluster, "m3", "role")? == "manager"
-            && node_field(&cluster, "m3", "manager_status")? == "reachable")
+        Ok(cluster.node_field("m3", "role")? == "manager"
+            && cluster.node_field("m3", "manager_status")? == "reachable")
     })?;
     Ok(())
 }

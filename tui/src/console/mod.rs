@@ -622,49 +622,73 @@ async fn follow_logs(
 /// field, this value) is the same.
 const STALE_WRITE_RETRIES: u32 = 5;
 
+/// Writes `current` changed, and on a version conflict reads it again and
+/// writes that instead, up to [`STALE_WRITE_RETRIES`] times.
+async fn write_fresh<T, Write, Written, Reread, Read>(
+    mut current: T,
+    mut write: Write,
+    mut reread: Reread,
+) -> Result<(), tonic::Status>
+where
+    Write: FnMut(&T) -> Written,
+    Written: Future<Output = Result<(), tonic::Status>>,
+    Reread: FnMut() -> Read,
+    Read: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempts = 0;
+    loop {
+        match write(&current).await {
+            Err(status)
+                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
+            {
+                attempts += 1;
+                current = reread().await?;
+            }
+            written => return written,
+        }
+    }
+}
+
 async fn update_service(
     client: &mut Client,
     model: &Model,
     service: &str,
     change: impl Fn(&mut pb::ServiceSpec),
 ) -> Result<(), tonic::Status> {
-    let mut current = model
-        .services
-        .get(service)
-        .cloned()
-        .ok_or_else(|| tonic::Status::not_found("the service is gone"))?;
-    let mut attempts = 0;
-    loop {
-        let mut spec = current.spec.clone().unwrap_or_default();
-        change(&mut spec);
-        let written = client
-            .update_service(pb::UpdateServiceRequest {
+    let gone = || tonic::Status::not_found("the service is gone");
+    let current = model.services.get(service).cloned().ok_or_else(gone)?;
+    write_fresh(
+        current,
+        |current| {
+            let mut client = client.clone();
+            let mut spec = current.spec.clone().unwrap_or_default();
+            change(&mut spec);
+            let request = pb::UpdateServiceRequest {
                 service: service.to_string(),
                 version: current.meta.as_ref().map_or(0, |m| m.version),
                 spec: Some(spec),
                 rollback: false,
                 pause: false,
-            })
-            .await;
-        match written {
-            Err(status)
-                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
-            {
-                attempts += 1;
-                current = client
-                    .list_services(pb::ListServicesRequest {
-                        names: vec![service.to_string()],
-                    })
-                    .await?
+            };
+            async move { client.update_service(request).await.map(|_| ()) }
+        },
+        || {
+            let mut client = client.clone();
+            let names = vec![service.to_string()];
+            async move {
+                let listed = client
+                    .list_services(pb::ListServicesRequest { names })
+                    .await?;
+                listed
                     .into_inner()
                     .services
                     .into_iter()
                     .next()
-                    .ok_or_else(|| tonic::Status::not_found("the service is gone"))?;
+                    .ok_or_else(gone)
             }
-            written => return written.map(|_| ()),
-        }
-    }
+        },
+    )
+    .await
 }
 
 async fn update_node(
@@ -673,41 +697,36 @@ async fn update_node(
     node: &str,
     change: impl Fn(&mut pb::NodeSpec),
 ) -> Result<(), tonic::Status> {
-    let mut current = model
-        .nodes
-        .get(node)
-        .cloned()
-        .ok_or_else(|| tonic::Status::not_found("the node is gone"))?;
-    let mut attempts = 0;
-    loop {
-        let mut spec = current.spec.clone().unwrap_or_default();
-        change(&mut spec);
-        let written = client
-            .update_node(pb::UpdateNodeRequest {
+    let gone = || tonic::Status::not_found("the node is gone");
+    let current = model.nodes.get(node).cloned().ok_or_else(gone)?;
+    write_fresh(
+        current,
+        |current| {
+            let mut client = client.clone();
+            let mut spec = current.spec.clone().unwrap_or_default();
+            change(&mut spec);
+            let request = pb::UpdateNodeRequest {
                 node: node.to_string(),
                 version: current.meta.as_ref().map_or(0, |m| m.version),
                 spec: Some(spec),
-            })
-            .await;
-        match written {
-            Err(status)
-                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
-            {
-                attempts += 1;
-                current = client
-                    .list_nodes(pb::ListNodesRequest {
-                        names: vec![node.to_string()],
-                    })
-                    .await?
+            };
+            async move { client.update_node(request).await.map(|_| ()) }
+        },
+        || {
+            let mut client = client.clone();
+            let names = vec![node.to_string()];
+            async move {
+                let listed = client.list_nodes(pb::ListNodesRequest { names }).await?;
+                listed
                     .into_inner()
                     .nodes
                     .into_iter()
                     .next()
-                    .ok_or_else(|| tonic::Status::not_found("the node is gone"))?;
+                    .ok_or_else(gone)
             }
-            written => return written.map(|_| ()),
-        }
-    }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
