@@ -679,7 +679,7 @@ pub fn object_to_pb(object: &Object, tables: &Tables, live: &LiveView) -> pb::wa
             O::Service(service_to_pb(s, running, desired))
         }
         Object::Task(t) => O::Task(task_to_pb(t, &hostname_of(tables, &t.node_id))),
-        Object::Cluster(c) => O::Cluster(c.into()),
+        Object::Cluster(c) => O::Cluster(c.as_ref().into()),
     }
 }
 

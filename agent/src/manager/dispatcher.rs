@@ -74,7 +74,7 @@ pub struct Session {
 #[derive(Default)]
 struct Pending {
     full: bool,
-    tasks: HashMap<String, Task>,
+    tasks: HashMap<String, Arc<Task>>,
     removed: HashSet<String>,
     node: bool,
     managers: bool,

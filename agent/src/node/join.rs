@@ -444,6 +444,7 @@ impl Agent {
             match &mut object {
                 Object::Cluster(c) => cluster = Some(c.clone()),
                 Object::Node(node) if node.meta.id == membership.node_id => {
+                    let node = Arc::make_mut(node);
                     node.manager_status = Some(ManagerStatus {
                         raft_id,
                         addr: membership.advertise_addr.clone(),
@@ -456,6 +457,7 @@ impl Agent {
                 // Other managers are no longer raft members: when they come
                 // back, they see themselves demoted and rejoin as workers.
                 Object::Node(node) if node.role == Role::Manager => {
+                    let node = Arc::make_mut(node);
                     node.role = Role::Worker;
                     node.spec.desired_role = Role::Worker;
                     node.manager_status = None;
@@ -481,8 +483,8 @@ impl Agent {
         tracing::warn!("forced a new cluster from this manager's copy of the store");
         Ok(InitOutcome {
             node_id: membership.node_id,
-            cluster_id: cluster.cluster_id,
-            tokens: cluster.join_tokens,
+            cluster_id: cluster.cluster_id.clone(),
+            tokens: cluster.join_tokens.clone(),
             unlock_key: None,
         })
     }

@@ -289,18 +289,13 @@ impl Tables {
         self.table().get(id)
     }
 
+    /// The stored object, shared with the table.
     pub fn get_object(&self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
-            Kind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
-            Kind::Service => self
-                .services
-                .get(id)
-                .map(|o| Object::Service((**o).clone())),
-            Kind::Task => self.tasks.get(id).map(|o| Object::Task((**o).clone())),
-            Kind::Cluster => self
-                .clusters
-                .get(id)
-                .map(|o| Object::Cluster((**o).clone())),
+            Kind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            Kind::Service => self.services.get(id).cloned().map(Object::Service),
+            Kind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            Kind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
         }
     }
 
@@ -375,15 +370,14 @@ impl Tables {
     fn insert(&mut self, object: Object) {
         match object {
             Object::Node(o) => {
-                self.nodes.items.insert(o.meta.id.clone(), Arc::new(o));
+                self.nodes.items.insert(o.meta.id.clone(), o);
             }
             Object::Service(o) => {
                 self.service_by_name
                     .insert(o.spec.name.clone(), o.meta.id.clone());
-                self.services.items.insert(o.meta.id.clone(), Arc::new(o));
+                self.services.items.insert(o.meta.id.clone(), o);
             }
-            Object::Task(o) => {
-                let task = Arc::new(o);
+            Object::Task(task) => {
                 self.tasks_by_service
                     .entry(task.service_id.clone())
                     .or_default()
@@ -397,23 +391,57 @@ impl Tables {
                 self.tasks.items.insert(task.meta.id.clone(), task);
             }
             Object::Cluster(o) => {
-                self.clusters.items.insert(o.meta.id.clone(), Arc::new(o));
+                self.clusters.items.insert(o.meta.id.clone(), o);
             }
         }
     }
 
+    /// Puts `object` in place of the stored object with its id and returns
+    /// that one. A task that stays on its node and in its slot (a status
+    /// report, a desired state) is swapped in place: most changes during a
+    /// scale-up are of that kind, and re-keying three indexes cost each of
+    /// them three key copies and three tree walks more.
+    fn replace(&mut self, object: Object) -> Option<Object> {
+        if let Object::Task(task) = &object
+            && let Some(stored) = self.tasks.items.get(task.meta.id.as_str())
+            && stored.node_id == task.node_id
+            && stored.service_id == task.service_id
+            && stored.slot == task.slot
+        {
+            let id = task.meta.id.as_str();
+            let in_service = self
+                .tasks_by_service
+                .get_mut(task.service_id.as_str())
+                .and_then(|tasks| tasks.get_mut(&(task.slot, task.meta.id.clone())));
+            if let Some(entry) = in_service {
+                *entry = task.clone();
+            }
+            let on_node = self
+                .tasks_by_node
+                .get_mut(task.node_id.as_str())
+                .and_then(|tasks| tasks.get_mut(id));
+            if let Some(entry) = on_node {
+                *entry = task.clone();
+            }
+            return self
+                .tasks
+                .items
+                .get_mut(id)
+                .map(|entry| Object::Task(std::mem::replace(entry, task.clone())));
+        }
+        let old = self.remove(object.kind(), object.id());
+        self.insert(object);
+        old
+    }
+
     fn remove(&mut self, kind: Kind, id: &str) -> Option<Object> {
         match kind {
-            Kind::Node => self
-                .nodes
-                .items
-                .remove(id)
-                .map(|o| Object::Node(unwrap_arc(o))),
+            Kind::Node => self.nodes.items.remove(id).map(Object::Node),
             Kind::Service => self.services.items.remove(id).map(|o| {
                 if self.service_by_name.get(&o.spec.name).map(String::as_str) == Some(id) {
                     self.service_by_name.remove(&o.spec.name);
                 }
-                Object::Service(unwrap_arc(o))
+                Object::Service(o)
             }),
             Kind::Task => self.tasks.items.remove(id).map(|o| {
                 remove_index(
@@ -422,13 +450,9 @@ impl Tables {
                     &(o.slot, o.meta.id.clone()),
                 );
                 remove_index(&mut self.tasks_by_node, &o.node_id, &o.meta.id);
-                Object::Task(unwrap_arc(o))
+                Object::Task(o)
             }),
-            Kind::Cluster => self
-                .clusters
-                .items
-                .remove(id)
-                .map(|o| Object::Cluster(unwrap_arc(o))),
+            Kind::Cluster => self.clusters.items.remove(id).map(Object::Cluster),
         }
     }
 
@@ -458,8 +482,7 @@ impl Tables {
                 Op::Update(object) => {
                     let mut object = object.clone();
                     object.meta_mut().version = version;
-                    let old = self.remove(object.kind(), object.id());
-                    self.insert(object.clone());
+                    let old = self.replace(object.clone());
                     events.push(Event {
                         action: Action::Update,
                         object,
@@ -500,7 +523,7 @@ impl Tables {
                 if status.state < task.status.state {
                     false
                 } else {
-                    task.status = status.clone();
+                    Arc::make_mut(task).status = status.clone();
                     true
                 }
             }
@@ -508,7 +531,7 @@ impl Tables {
                 if *state <= task.desired_state {
                     false
                 } else {
-                    task.desired_state = *state;
+                    Arc::make_mut(task).desired_state = *state;
                     true
                 }
             }
@@ -523,17 +546,18 @@ impl Tables {
                 {
                     false
                 } else {
+                    let task = Arc::make_mut(task);
                     task.node_id = node_id.clone();
                     task.status = status.clone();
                     true
                 }
             }
             (Object::Node(node), Patch::NodeStatus { status, .. }) => {
-                node.status = status.clone();
+                Arc::make_mut(node).status = status.clone();
                 true
             }
             (Object::Node(node), Patch::NodeDescription { description, .. }) => {
-                node.description = description.clone();
+                Arc::make_mut(node).description = description.clone();
                 true
             }
             _ => false,
@@ -542,8 +566,7 @@ impl Tables {
             return None;
         }
         new.meta_mut().version = version;
-        let old = self.remove(kind, id);
-        self.insert(new.clone());
+        let old = self.replace(new.clone());
         Some(Event {
             action: Action::Update,
             object: new,
@@ -657,16 +680,12 @@ impl Tables {
         let mut out = Vec::with_capacity(
             self.nodes.len() + self.services.len() + self.tasks.len() + self.clusters.len(),
         );
-        out.extend(self.clusters.iter().map(|o| Object::Cluster((**o).clone())));
-        out.extend(self.nodes.iter().map(|o| Object::Node((**o).clone())));
-        out.extend(self.services.iter().map(|o| Object::Service((**o).clone())));
-        out.extend(self.tasks.iter().map(|o| Object::Task((**o).clone())));
+        out.extend(self.clusters.iter().cloned().map(Object::Cluster));
+        out.extend(self.nodes.iter().cloned().map(Object::Node));
+        out.extend(self.services.iter().cloned().map(Object::Service));
+        out.extend(self.tasks.iter().cloned().map(Object::Task));
         out
     }
-}
-
-fn unwrap_arc<T: Clone>(arc: Arc<T>) -> T {
-    Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone())
 }
 
 /// Tasks of one node, by id.

@@ -244,6 +244,13 @@ fn status_patches_only_move_forward_and_never_conflict() {
     assert_eq!(t1.status.state, TaskState::Running);
     assert_eq!(t1.desired_state, TaskState::Shutdown);
     assert_eq!(t1.meta.version, 2);
+    // Patched in place: the indexes hold the new task, not the old one.
+    for indexed in tables
+        .tasks_on_node("n1")
+        .chain(tables.tasks_of_service("s1"))
+    {
+        assert!(Arc::ptr_eq(indexed, t1), "an index kept {indexed:?}");
+    }
 }
 
 #[test]

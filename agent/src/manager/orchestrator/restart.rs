@@ -16,6 +16,7 @@
 //! "don't restart" means.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{LeaderContext, Reconciler, commit, new_task, shutdown, slot_key};
@@ -153,7 +154,7 @@ impl Reconciler for Restarts {
                     self.waiting.insert(replacement.meta.id.clone());
                 }
                 ops.push(shutdown(task));
-                ops.push(Op::Create(Object::Task(replacement)));
+                ops.push(Op::Create(Object::Task(Arc::new(replacement))));
             }
             // Promote replacements whose delay has passed.
             let mut next_due: Option<i64> = None;
