@@ -882,6 +882,8 @@ impl Control for ControlService {
             }
         } else {
             candidates.extend(tables.tasks.iter().cloned());
+            // The table keeps no order; answers do.
+            candidates.sort_unstable_by(|a, b| a.meta.id.cmp(&b.meta.id));
         }
         let node_filter: Vec<String> = r
             .nodes

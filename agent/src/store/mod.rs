@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -186,18 +187,24 @@ pub struct Changes {
 
 // ------------------------------------------------------------------ tables
 
-/// One kind's objects, by id. A BTreeMap so that id prefixes resolve with a
-/// range scan. Objects are shared (`Arc`) with readers and events; a change
-/// replaces the Arc, never mutates through it.
+/// One kind's objects, by id, in no particular order. Objects are shared
+/// (`Arc`) with readers and events; a change replaces the Arc, never
+/// mutates through it.
+///
+/// A hash map: every applied op looks its object up a few times, and in a
+/// tree of 100,000 tasks each lookup was some forty string comparisons, the
+/// largest cost of applying a scale-up. Ids are random and made by the
+/// managers, so a fast unkeyed hash is safe here. Prefix lookups (operators
+/// typing a short id) walk the table instead.
 #[derive(Clone, Debug)]
 pub struct Table<T> {
-    items: BTreeMap<String, Arc<T>>,
+    items: FxHashMap<String, Arc<T>>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
-            items: BTreeMap::new(),
+            items: FxHashMap::default(),
         }
     }
 }
@@ -219,14 +226,15 @@ impl<T: StoreObject> Table<T> {
         self.items.is_empty()
     }
 
-    /// Objects whose id starts with `prefix`, at most `limit`.
+    /// Objects whose id starts with `prefix`, at most `limit`, by id.
     pub fn with_prefix(&self, prefix: &str, limit: usize) -> Vec<&Arc<T>> {
-        self.items
-            .range(prefix.to_string()..)
-            .take_while(|(id, _)| id.starts_with(prefix))
-            .take(limit)
-            .map(|(_, o)| o)
-            .collect()
+        let mut found: Vec<(&String, &Arc<T>)> = self
+            .items
+            .iter()
+            .filter(|(id, _)| id.starts_with(prefix))
+            .collect();
+        found.sort_unstable_by_key(|(id, _)| *id);
+        found.into_iter().take(limit).map(|(_, o)| o).collect()
     }
 }
 
@@ -710,23 +718,6 @@ pub struct StoreSnapshot {
     pub objects: Vec<Object>,
 }
 
-/// What [`StoreSnapshot`] serializes to, from the store's shared objects:
-/// same fields, same order, same variants, so the bytes are the same.
-#[derive(Serialize)]
-struct SharedSnapshot<'a> {
-    version: u64,
-    raft: &'a RaftApplied,
-    objects: Vec<SharedObject>,
-}
-
-#[derive(Serialize)]
-enum SharedObject {
-    Node(Arc<Node>),
-    Service(Arc<Service>),
-    Task(Arc<Task>),
-    Cluster(Arc<Cluster>),
-}
-
 /// Where a watcher starts.
 pub enum WatchStart {
     /// The changes since the requested version, then the receiver.
@@ -907,7 +898,8 @@ impl Store {
         )
     }
 
-    /// Serializes the whole store for a raft snapshot.
+    /// The whole store, sharing its objects: the lock is held only while
+    /// collecting references.
     pub fn snapshot(&self) -> StoreSnapshot {
         let tables = self.tables.read_recursive();
         StoreSnapshot {
@@ -918,27 +910,12 @@ impl Store {
     }
 
     /// The store serialized as a [`StoreSnapshot`], with the raft facts it
-    /// was taken at. Holds the lock (which applies wait for) only while
-    /// collecting references; the encoding of 100,000 objects happens
-    /// after.
+    /// was taken at. The encoding of 100,000 objects happens after the lock
+    /// (which applies wait for) is released.
     pub fn encode_snapshot(&self) -> Result<(Vec<u8>, RaftApplied), postcard::Error> {
-        let (version, raft, objects) = {
-            let tables = self.tables.read_recursive();
-            let mut objects = Vec::with_capacity(
-                tables.nodes.len() + tables.services.len() + tables.tasks.len() + 1,
-            );
-            objects.extend(tables.clusters.iter().cloned().map(SharedObject::Cluster));
-            objects.extend(tables.nodes.iter().cloned().map(SharedObject::Node));
-            objects.extend(tables.services.iter().cloned().map(SharedObject::Service));
-            objects.extend(tables.tasks.iter().cloned().map(SharedObject::Task));
-            (tables.version, tables.raft.clone(), objects)
-        };
-        let data = postcard::to_allocvec(&SharedSnapshot {
-            version,
-            raft: &raft,
-            objects,
-        })?;
-        Ok((data, raft))
+        let snapshot = self.snapshot();
+        let data = postcard::to_allocvec(&snapshot)?;
+        Ok((data, snapshot.raft))
     }
 
     /// Replaces the whole store with a snapshot's content. Watchers get a
