@@ -92,12 +92,9 @@ fn reconcile_service(tables: &Tables, service: &Service, ops: &mut Vec<Op>) {
             }
             None => {
                 if keeps && node.spec.availability == Availability::Active {
-                    ops.push(Op::Create(Object::Task(Arc::new(new_task(
-                        service,
-                        0,
-                        &node.meta.id,
-                        TaskState::Pending,
-                    )))));
+                    ops.push(Op::Create(
+                        new_task(service, 0, &node.meta.id, TaskState::Pending).into_object(),
+                    ));
                 }
             }
         }

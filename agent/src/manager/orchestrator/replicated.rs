@@ -114,12 +114,9 @@ fn reconcile_service(tables: &Tables, service: &Service, ops: &mut Vec<Op>) {
         let taken: BTreeSet<u64> = held.keys().copied().collect();
         let free = (1u64..).filter(|s| !taken.contains(s)).take(desired - have);
         for slot in free {
-            ops.push(Op::Create(Object::Task(Arc::new(new_task(
-                service,
-                slot,
-                "",
-                TaskState::Pending,
-            )))));
+            ops.push(Op::Create(
+                new_task(service, slot, "", TaskState::Pending).into_object(),
+            ));
         }
     } else if have > desired {
         for slot in pick_slots_to_remove(&held, have - desired) {

@@ -16,7 +16,6 @@
 //! "don't restart" means.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{LeaderContext, Reconciler, commit, new_task, shutdown, slot_key};
@@ -154,7 +153,7 @@ impl Reconciler for Restarts {
                     self.waiting.insert(replacement.meta.id.clone());
                 }
                 ops.push(shutdown(task));
-                ops.push(Op::Create(Object::Task(Arc::new(replacement))));
+                ops.push(Op::Create(replacement.into_object()));
             }
             // Promote replacements whose delay has passed.
             let mut next_due: Option<i64> = None;

@@ -231,7 +231,7 @@ fn with_status(service: &Service, state: UpdateState, message: String, now_wall:
         message,
     });
     updated.meta.updated_at = now_wall;
-    Op::Update(Object::Service(Arc::new(updated)))
+    Op::Update(updated.into_object())
 }
 
 impl Updates {
@@ -297,7 +297,7 @@ impl Updates {
                         message: format!("update rolled back due to failure: {cause}"),
                     });
                     reverted.meta.updated_at = now_wall;
-                    Op::Update(Object::Service(Arc::new(reverted)))
+                    Op::Update(reverted.into_object())
                 }
                 (true, _, _) => with_status(
                     service,
@@ -363,7 +363,7 @@ impl Updates {
             if config.order == UpdateOrder::StopFirst {
                 ops.extend(old.iter().map(|t| shutdown(t)));
             }
-            ops.push(Op::Create(Object::Task(Arc::new(replacement))));
+            ops.push(Op::Create(replacement.into_object()));
         }
         self.batch_in_flight.insert(id.clone());
     }
