@@ -407,16 +407,16 @@ impl Tables {
     /// Puts `object` in place of the stored object with its id and returns
     /// that one. A task that stays on its node and in its slot (a status
     /// report, a desired state) is swapped in place: most changes during a
-    /// scale-up are of that kind, and re-keying three indexes cost each of
-    /// them three key copies and three tree walks more.
+    /// scale-up are of that kind, and taking it out of the table and both
+    /// indexes and putting it back cost three key copies and three
+    /// re-insertions more.
     fn replace(&mut self, object: Object) -> Option<Object> {
         if let Object::Task(task) = &object
-            && let Some(stored) = self.tasks.items.get(task.meta.id.as_str())
+            && let Some(stored) = self.tasks.items.get_mut(task.meta.id.as_str())
             && stored.node_id == task.node_id
             && stored.service_id == task.service_id
             && stored.slot == task.slot
         {
-            let id = task.meta.id.as_str();
             let in_service = self
                 .tasks_by_service
                 .get_mut(task.service_id.as_str())
@@ -427,15 +427,11 @@ impl Tables {
             let on_node = self
                 .tasks_by_node
                 .get_mut(task.node_id.as_str())
-                .and_then(|tasks| tasks.get_mut(id));
+                .and_then(|tasks| tasks.get_mut(task.meta.id.as_str()));
             if let Some(entry) = on_node {
                 *entry = task.clone();
             }
-            return self
-                .tasks
-                .items
-                .get_mut(id)
-                .map(|entry| Object::Task(std::mem::replace(entry, task.clone())));
+            return Some(Object::Task(std::mem::replace(stored, task.clone())));
         }
         let old = self.remove(object.kind(), object.id());
         self.insert(object);
