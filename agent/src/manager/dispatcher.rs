@@ -102,7 +102,8 @@ impl Dispatcher {
 
     fn heartbeat_settings(&self) -> (Duration, u32) {
         let tables = self.ctx.store.read();
-        let spec = tables.cluster().map(|c| c.spec.clone()).unwrap_or_default();
+        let defaults = ClusterSpec::default();
+        let spec = tables.cluster().map_or(&defaults, |c| &c.spec);
         (
             Duration::from_millis(spec.heartbeat_period_ms.max(100)),
             spec.heartbeat_tolerance.max(1),

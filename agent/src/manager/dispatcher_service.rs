@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::dispatcher_server::Dispatcher as DispatcherApi;
 use tonic::{Request, Response, Status, Streaming};
@@ -89,15 +89,23 @@ impl DispatcherApi for DispatcherService {
         )))
     }
 
+    type HeartbeatStream = BoxStream<pb::HeartbeatResponse>;
+
+    /// Acknowledges each beat with the current period. Authorized once per
+    /// stream: a node removed later loses its session, and the next beat
+    /// on the stream is refused with `NotFound`, which ends the stream.
     async fn heartbeat(
         &self,
-        request: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        request: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let (_, dispatcher, node_id) = self.authorize(&request).await?;
-        let period = dispatcher.heartbeat(&node_id, &request.get_ref().session_id)?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            period_ms: period.as_millis() as u64,
-        }))
+        let acks = request.into_inner().map(move |beat| {
+            let period = dispatcher.heartbeat(&node_id, &beat?.session_id)?;
+            Ok(pb::HeartbeatResponse {
+                period_ms: period.as_millis() as u64,
+            })
+        });
+        Ok(Response::new(Box::pin(acks)))
     }
 
     async fn update_task_status(

@@ -311,34 +311,57 @@ fn apply_message(worker: &Arc<Worker>, message: pb::SessionMessage) {
     }
 }
 
+/// Beats every period on one stream for the whole session. The session
+/// ends when the leader refuses a beat (it no longer knows the session),
+/// the stream breaks, or no beat has been acknowledged for three periods.
 async fn heartbeat(
     mut client: DispatcherClient<Channel>,
     session_id: Arc<Mutex<String>>,
     period: Arc<Mutex<Duration>>,
     session: CancellationToken,
 ) {
-    let mut failures = 0;
-    loop {
-        let wait = *period.lock();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = session.cancelled() => return,
-        }
-        let id = session_id.lock().clone();
-        let call = client.heartbeat(pb::HeartbeatRequest { session_id: id });
-        match tokio::time::timeout(wait.max(Duration::from_secs(1)), call).await {
-            Ok(Ok(_)) => failures = 0,
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+    let unanswered_limit = || 3 * (*period.lock()).max(Duration::from_secs(1));
+    let (beats, outgoing) = tokio::sync::mpsc::channel(4);
+    let opening = client.heartbeat(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    let mut acks = tokio::select! {
+        opened = tokio::time::timeout(unanswered_limit(), opening) => match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            _ => {
                 session.cancel();
                 return;
             }
-            _ => {
-                failures += 1;
-                if failures >= 3 {
+        },
+        () = session.cancelled() => return,
+    };
+    let mut last_ack = tokio::time::Instant::now();
+    let mut next_beat = last_ack + *period.lock();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_beat) => {
+                if last_ack.elapsed() >= unanswered_limit() {
                     session.cancel();
                     return;
                 }
+                // A full queue means earlier beats are stuck on the way;
+                // the unanswered limit above deals with that.
+                let _ = beats.try_send(pb::HeartbeatRequest {
+                    session_id: session_id.lock().clone(),
+                });
+                next_beat = tokio::time::Instant::now() + *period.lock();
             }
+            ack = acks.message() => match ack {
+                Ok(Some(ack)) => {
+                    last_ack = tokio::time::Instant::now();
+                    if ack.period_ms > 0 {
+                        *period.lock() = Duration::from_millis(ack.period_ms);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    session.cancel();
+                    return;
+                }
+            },
+            () = session.cancelled() => return,
         }
     }
 }

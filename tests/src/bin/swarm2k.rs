@@ -99,6 +99,11 @@ async fn simulated_node(
     joined.add_permits(1);
     drop(join_slot);
     let mut session_id = String::new();
+    let (beats, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut acks = client
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -136,7 +141,12 @@ async fn simulated_node(
             }
             _ = heartbeat.tick() => {
                 if !session_id.is_empty() {
-                    client.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() }).await?;
+                    beats.send(pb::HeartbeatRequest { session_id: session_id.clone() }).await?;
+                }
+            }
+            ack = acks.message() => {
+                if ack?.is_none() {
+                    anyhow::bail!("the leader ended the heartbeat stream");
                 }
             }
         }
