@@ -4,8 +4,16 @@
 //!
 //!     cargo run --release -p shoal-tests --bin raft-writes -- --clients 64 --seconds 10
 //!
-//! Last line: `writes_per_s=… p50_ms=… p99_ms=…`.
+//! With `--floor`, the same clients then spend as long reading one of their
+//! services by name: calls the control API answers from the local store,
+//! without raft. That rate is the most these cores can carry of calls this
+//! size, the floor under which writes cannot go, as `docker-converge`
+//! measures the engine's.
+//!
+//! Last line: `writes_per_s=… p50_ms=… p99_ms=… [floor_calls_per_s=…]`.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Parser;
 use shoal_proto::v1 as pb;
+use shoal_proto::v1::control_client::ControlClient;
 use shoal_tests::{Cluster, Executor};
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 struct Args {
@@ -21,6 +31,53 @@ struct Args {
     clients: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Also measure the API floor: as many read calls as the clients can
+    /// make for as long.
+    #[arg(long)]
+    floor: bool,
+}
+
+/// Runs `clients` clients, each making `call(client, its index, call
+/// number)` until `seconds` pass; answers every call's latency and the
+/// time taken.
+async fn run_clients<F, Fut>(
+    sockets: &[PathBuf],
+    clients: usize,
+    seconds: u64,
+    call: F,
+) -> Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(ControlClient<Channel>, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let socket = sockets[c % sockets.len()].clone();
+        let stop = stop.clone();
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let channel = shoal_proto::transport::connect_unix(&socket).await?;
+            let client = ControlClient::new(channel);
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let began = Instant::now();
+                call(client.clone(), c, i).await?;
+                latencies.push(began.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok((all, started.elapsed()))
 }
 
 fn main() -> Result<()> {
@@ -30,64 +87,63 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let sockets: Vec<_> = cluster.agents.iter().map(|a| a.socket.clone()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let latencies = runtime.block_on(async {
-        let mut clients = Vec::new();
-        for c in 0..args.clients {
-            let socket = sockets[c % sockets.len()].clone();
-            let stop = stop.clone();
-            clients.push(tokio::spawn(async move {
-                let channel = shoal_proto::transport::connect_unix(&socket).await?;
-                let mut client = pb::control_client::ControlClient::new(channel);
-                let mut latencies = Vec::new();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let spec = pb::ServiceSpec {
-                        name: format!("w{c}-{i}"),
-                        replicas: 0,
-                        task: Some(pb::TaskSpec {
-                            container: Some(pb::ContainerSpec {
-                                image: "img".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+    let (mut latencies, elapsed) = runtime.block_on(run_clients(
+        &sockets,
+        args.clients,
+        args.seconds,
+        |mut client, c, i| async move {
+            let spec = pb::ServiceSpec {
+                name: format!("w{c}-{i}"),
+                replicas: 0,
+                task: Some(pb::TaskSpec {
+                    container: Some(pb::ContainerSpec {
+                        image: "img".into(),
                         ..Default::default()
-                    };
-                    let began = Instant::now();
-                    client
-                        .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                        .await?;
-                    latencies.push(began.elapsed());
-                }
-                anyhow::Ok(latencies)
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for client in clients {
-            all.extend(client.await??);
-        }
-        anyhow::Ok(all)
-    })?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut latencies = latencies;
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            client
+                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .await
+                .map(drop)
+        },
+    ))?;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    println!(
+    let mut figures = format!(
         "writes_per_s={:.0} p50_ms={:.1} p99_ms={:.1} clients={} writes={}",
-        latencies.len() as f64 / elapsed,
+        latencies.len() as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
         args.clients,
         latencies.len()
     );
+    if args.floor {
+        // Every client made at least its first write, so `w{c}-1` exists.
+        let (reads, elapsed) = runtime.block_on(run_clients(
+            &sockets,
+            args.clients,
+            args.seconds,
+            |mut client, c, _| async move {
+                client
+                    .list_services(pb::ListServicesRequest {
+                        names: vec![format!("w{c}-1")],
+                    })
+                    .await
+                    .map(drop)
+            },
+        ))?;
+        figures.push_str(&format!(
+            " floor_calls_per_s={:.0}",
+            reads.len() as f64 / elapsed.as_secs_f64()
+        ));
+    }
+    println!("{figures}");
     Ok(())
 }
