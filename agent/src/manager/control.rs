@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::ProposeError;
 use super::runtime::{ClusterEvent, ManagerRuntime};
-use super::validate;
+use super::{orchestrator, validate};
 use crate::api::authz::{Caller, Trust, require};
 use crate::api::convert::*;
 use crate::ids::now_ms;
@@ -612,10 +612,7 @@ impl Control for ControlService {
                 cluster.removed_nodes.insert(node.meta.id.clone(), now_ms());
                 let mut tx = Transaction::new(now_ms()).update(cluster).delete(&*node);
                 for task in tables.tasks_on_node(&node.meta.id) {
-                    tx.push(Op::Patch(Patch::TaskDesiredState {
-                        id: task.meta.id.clone(),
-                        state: TaskState::Remove,
-                    }));
+                    tx.push(orchestrator::remove(task));
                 }
                 tx
             };
@@ -839,10 +836,7 @@ impl Control for ControlService {
                 let service = tables.find_service(&reference)?;
                 let mut tx = Transaction::new(now_ms()).delete(&*service);
                 for task in tables.tasks_of_service(&service.meta.id) {
-                    tx.push(Op::Patch(Patch::TaskDesiredState {
-                        id: task.meta.id.clone(),
-                        state: TaskState::Remove,
-                    }));
+                    tx.push(orchestrator::remove(task));
                 }
                 tx
             };

@@ -195,9 +195,19 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, state: TaskState) -
 
 /// The op that stops a task.
 pub fn shutdown(task: &Task) -> Op {
+    desire(task, TaskState::Shutdown)
+}
+
+/// The op that stops a task for good: its service or node is going away,
+/// and the reaper deletes it once it has stopped.
+pub fn remove(task: &Task) -> Op {
+    desire(task, TaskState::Remove)
+}
+
+fn desire(task: &Task, state: TaskState) -> Op {
     Op::Patch(Patch::TaskDesiredState {
         id: task.meta.id.clone(),
-        state: TaskState::Shutdown,
+        state,
     })
 }
 

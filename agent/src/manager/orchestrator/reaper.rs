@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LeaderContext, Reconciler, commit, slot_key};
+use super::{LeaderContext, Reconciler, commit, remove, slot_key};
 use crate::ids::now_ms;
 use crate::manager::ProposeError;
 use crate::store::*;
@@ -148,10 +148,7 @@ fn reap_service(
             if finished || never_assigned || node_gone {
                 ops.push(delete(task));
             } else if task.desired_state != TaskState::Remove {
-                ops.push(Op::Patch(Patch::TaskDesiredState {
-                    id: task.meta.id.clone(),
-                    state: TaskState::Remove,
-                }));
+                ops.push(remove(task));
             }
             continue;
         }
