@@ -498,6 +498,31 @@ fn pick_branch(branches: &BTreeMap<Vec<Option<String>>, Branch>) -> Option<Vec<O
     candidates.first().map(|k| (*k).clone())
 }
 
+/// The ops that record `assignments`, each node's together. The ops are
+/// proposed in transactions of 1,000, and a session sends what one
+/// transaction brings in one message: spread deals tasks out to nodes in
+/// turn, and in that order a transaction at 2,300 nodes gave each node at
+/// most one task, so 100,000 tasks took 75,000 session messages and as many
+/// status reports back. Grouped by node, 23,000.
+fn assignment_ops(mut assignments: Vec<(String, String)>, now: i64) -> Vec<Op> {
+    assignments.sort_by(|a, b| a.1.cmp(&b.1));
+    assignments
+        .into_iter()
+        .map(|(id, node_id)| {
+            Op::Patch(Patch::TaskAssign {
+                id,
+                node_id,
+                status: TaskStatus {
+                    state: TaskState::Assigned,
+                    timestamp: now,
+                    message: "scheduler assigned task to node".into(),
+                    ..Default::default()
+                },
+            })
+        })
+        .collect()
+}
+
 // ------------------------------------------------------------ the loop
 
 /// Runs the scheduler while this manager leads.
@@ -605,22 +630,10 @@ impl super::orchestrator::Reconciler for Scheduler {
         };
         self.nodes_changed = false;
         let now = now_ms();
-        let mut ops: Vec<Op> = plan
-            .assignments
-            .iter()
-            .map(|(task_id, node_id)| {
-                Op::Patch(Patch::TaskAssign {
-                    id: task_id.clone(),
-                    node_id: node_id.clone(),
-                    status: TaskStatus {
-                        state: TaskState::Assigned,
-                        timestamp: now,
-                        message: "scheduler assigned task to node".into(),
-                        ..Default::default()
-                    },
-                })
-            })
-            .collect();
+        for (task_id, _) in &plan.assignments {
+            self.pending.remove(task_id);
+        }
+        let mut ops = assignment_ops(plan.assignments, now);
         ops.extend(errors.into_iter().map(|(task_id, reason)| {
             Op::Patch(Patch::TaskStatus {
                 id: task_id,
@@ -633,9 +646,6 @@ impl super::orchestrator::Reconciler for Scheduler {
                 },
             })
         }));
-        for (task_id, _) in &plan.assignments {
-            self.pending.remove(task_id);
-        }
         super::orchestrator::commit(ctx, ops).await
     }
 

@@ -178,6 +178,42 @@ fn a_hundred_thousand_tasks_place_in_one_pass() {
     assert!(per_node(&placed).values().all(|&n| n == 100));
 }
 
+#[test]
+fn a_pass_proposes_each_nodes_assignments_together() {
+    let nodes: Vec<_> = (0..5).map(|i| node(&format!("n{i}"), &[])).collect();
+    let mut v = view(&nodes);
+    let pending: Vec<_> = (0..20)
+        .map(|i| task(&format!("t{i:02}"), "s", Placement::default()))
+        .collect();
+    let placed = plan(&mut v, &pending);
+    let ops = assignment_ops(placed.assignments.clone(), 7);
+    let proposed: Vec<(String, String)> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Patch(Patch::TaskAssign {
+                id,
+                node_id,
+                status,
+            }) => {
+                assert_eq!(status.state, TaskState::Assigned);
+                assert_eq!(status.timestamp, 7);
+                (id.clone(), node_id.clone())
+            }
+            other => panic!("not an assignment: {other:?}"),
+        })
+        .collect();
+    // Every assignment once, as planned.
+    let mut planned = placed.assignments.clone();
+    planned.sort();
+    let mut sorted = proposed.clone();
+    sorted.sort();
+    assert_eq!(sorted, planned);
+    // Spread dealt the tasks out in turn; proposed, each node's four are
+    // neighbours, so they share a transaction and a session message.
+    let runs = proposed.windows(2).filter(|w| w[0].1 != w[1].1).count() + 1;
+    assert_eq!(runs, 5, "{proposed:?}");
+}
+
 proptest! {
     /// Whatever the cluster, the scheduler never places a task on a node
     /// that cannot take it, and places every task some node can take,
