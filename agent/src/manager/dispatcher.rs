@@ -101,13 +101,7 @@ impl Dispatcher {
     }
 
     fn heartbeat_settings(&self) -> (Duration, u32) {
-        let tables = self.ctx.store.read();
-        let defaults = ClusterSpec::default();
-        let spec = tables.cluster().map_or(&defaults, |c| &c.spec);
-        (
-            Duration::from_millis(spec.heartbeat_period_ms.max(100)),
-            spec.heartbeat_tolerance.max(1),
-        )
+        heartbeat_settings(&self.ctx.store.read())
     }
 
     pub fn heartbeat_period(&self) -> Duration {
@@ -356,6 +350,23 @@ impl Session {
     }
 }
 
+/// The heartbeat period and how many periods a node may miss. Asked on
+/// every beat, so the defaults (whose name allocates) are built only for a
+/// store that has no cluster object yet.
+fn heartbeat_settings(tables: &Tables) -> (Duration, u32) {
+    let (period_ms, tolerance) = match tables.cluster() {
+        Some(cluster) => (
+            cluster.spec.heartbeat_period_ms,
+            cluster.spec.heartbeat_tolerance,
+        ),
+        None => {
+            let defaults = ClusterSpec::default();
+            (defaults.heartbeat_period_ms, defaults.heartbeat_tolerance)
+        }
+    };
+    (Duration::from_millis(period_ms.max(100)), tolerance.max(1))
+}
+
 /// Sends what piled up for a session, one message at a time.
 async fn write_session(
     dispatcher: Arc<Dispatcher>,
@@ -420,9 +431,7 @@ fn build_message(
     let tables = dispatcher.ctx.store.read();
     let mut message = pb::SessionMessage {
         session_id: session.id.clone(),
-        heartbeat_period_ms: tables
-            .cluster()
-            .map_or(1_000, |c| c.spec.heartbeat_period_ms),
+        heartbeat_period_ms: heartbeat_settings(&tables).0.as_millis() as u64,
         ..Default::default()
     };
     let mut any = first;
