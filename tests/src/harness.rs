@@ -303,6 +303,23 @@ fn unsafe_kill(pid: u32, signal: i32) {
     }
 }
 
+/// A service of no replicas: a write that costs raft and nothing else,
+/// for the benchmarks that measure writes.
+pub fn replica_less_service(name: impl Into<String>) -> pb::ServiceSpec {
+    pb::ServiceSpec {
+        name: name.into(),
+        replicas: 0,
+        task: Some(pb::TaskSpec {
+            container: Some(pb::ContainerSpec {
+                image: "img".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Retries `check` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;

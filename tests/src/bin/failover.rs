@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use shoal_proto::v1 as pb;
-use shoal_tests::{Cluster, Executor, wait_until};
+use shoal_tests::{Cluster, Executor, replica_less_service, wait_until};
 
 #[derive(Parser)]
 struct Args {
@@ -34,18 +34,7 @@ fn main() -> Result<()> {
         let killed_at = Instant::now();
         let agent = cluster.agent(&survivor);
         let mut client = runtime.block_on(agent.control())?;
-        let service = pb::ServiceSpec {
-            name: format!("failover-{kill}"),
-            replicas: 0,
-            task: Some(pb::TaskSpec {
-                container: Some(pb::ContainerSpec {
-                    image: "img".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let service = replica_less_service(format!("failover-{kill}"));
         loop {
             let request = pb::CreateServiceRequest {
                 spec: Some(service.clone()),

@@ -22,7 +22,7 @@ use anyhow::Result;
 use clap::Parser;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_client::ControlClient;
-use shoal_tests::{Cluster, Executor};
+use shoal_tests::{Cluster, Executor, replica_less_service};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -92,18 +92,7 @@ fn main() -> Result<()> {
         args.clients,
         args.seconds,
         |mut client, c, i| async move {
-            let spec = pb::ServiceSpec {
-                name: format!("w{c}-{i}"),
-                replicas: 0,
-                task: Some(pb::TaskSpec {
-                    container: Some(pb::ContainerSpec {
-                        image: "img".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+            let spec = replica_less_service(format!("w{c}-{i}"));
             client
                 .create_service(pb::CreateServiceRequest { spec: Some(spec) })
                 .await
