@@ -261,7 +261,7 @@ pub const DEFAULTS: &[Binding] = &[
         "inspect",
         &["i"],
         TABLES,
-        "inspect: pretty, y for JSON",
+        "inspect; y there for JSON",
     ),
     bind(
         Command::Mark,
@@ -331,7 +331,7 @@ pub const DEFAULTS: &[Binding] = &[
         "pause-update",
         &["P"],
         SERVICES,
-        "pause/resume rolling update",
+        "pause/resume an update",
     ),
     bind(
         Command::Rollback,
@@ -390,28 +390,28 @@ pub const DEFAULTS: &[Binding] = &[
         "since",
         &["s"],
         LOGS,
-        "since: tail, 1m ... 1h, all",
+        "since: tail, 1m…1h, all",
     ),
     bind(
         Command::SaveLogs,
         "save-logs",
         &["ctrl-s"],
         LOGS,
-        "save the lines shown to a file",
+        "save shown lines to a file",
     ),
     bind(
         Command::Level,
         "level",
         &["e"],
         Scope::Views(&[View::Events]),
-        "all events, warnings, errors",
+        "all, warnings or errors",
     ),
     bind(
         Command::Tokens,
         "tokens",
         &["T"],
         Scope::Views(&[View::Cluster]),
-        "show or hide the join tokens",
+        "show/hide join tokens",
     ),
     bind(
         Command::Unlock,
@@ -425,7 +425,7 @@ pub const DEFAULTS: &[Binding] = &[
         "mute",
         &["M"],
         Scope::Any,
-        "mute desktop/terminal alerts",
+        "mute bell/desktop alerts",
     ),
     bind(Command::Help, "help", &["?"], Scope::Any, "this help"),
     bind(
@@ -709,11 +709,9 @@ impl Keymap {
             .unwrap_or_default()
     }
 
-    /// The help screen's rows for `view`: keys, what they do. Commands
-    /// left without a key are left out.
-    pub fn help(&self, view: View) -> Vec<(String, String)> {
-        let mut rows: Vec<(String, String)> = Vec::new();
-        // The view keys share one row: "1 2 3 4 5 6 7  views: nodes ...".
+    /// The help screen's first line: the keys that switch views, and the
+    /// views' names, as one row.
+    pub fn view_keys(&self) -> Option<(String, String)> {
         let views: Vec<(String, &str)> = DEFAULTS
             .iter()
             .filter_map(|b| match b.command {
@@ -722,19 +720,23 @@ impl Keymap {
             })
             .filter(|(keys, _)| !keys.is_empty())
             .collect();
-        if !views.is_empty() {
-            let keys: Vec<&str> = views.iter().map(|(k, _)| k.as_str()).collect();
-            let names: Vec<&str> = views.iter().map(|(_, n)| *n).collect();
-            rows.push((keys.join(" "), names.join(" ")));
+        if views.is_empty() {
+            return None;
         }
-        rows.extend(
-            DEFAULTS
-                .iter()
-                .filter(|b| b.scope.includes(view) && !matches!(b.command, Command::Show(_)))
-                .map(|b| (self.keys_of(b.command), b.help.to_string()))
-                .filter(|(keys, _)| !keys.is_empty()),
-        );
-        rows
+        let keys: Vec<&str> = views.iter().map(|(k, _)| k.as_str()).collect();
+        let names: Vec<&str> = views.iter().map(|(_, n)| *n).collect();
+        Some((keys.join(" "), names.join(" ")))
+    }
+
+    /// The help screen's rows for `view`, beside [`Keymap::view_keys`]:
+    /// keys, what they do. Commands left without a key are left out.
+    pub fn help(&self, view: View) -> Vec<(String, String)> {
+        DEFAULTS
+            .iter()
+            .filter(|b| b.scope.includes(view) && !matches!(b.command, Command::Show(_)))
+            .map(|b| (self.keys_of(b.command), b.help.to_string()))
+            .filter(|(keys, _)| !keys.is_empty())
+            .collect()
     }
 }
 

@@ -1181,10 +1181,12 @@ fn hints(app: &App, view: View) -> String {
 }
 
 /// The keys of the current view, from the keymap, in two columns when
-/// the terminal is narrow.
+/// the terminal is narrow, under one line of the keys that switch views.
 fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let view_keys = app.keymap.view_keys();
     let entries = app.keymap.help(app.view);
-    let columns = if area.height as usize >= entries.len() + 4 {
+    let first_line = u16::from(view_keys.is_some());
+    let columns = if area.height as usize >= entries.len() + first_line as usize + 4 {
         1
     } else {
         2
@@ -1194,7 +1196,7 @@ fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .width
         .saturating_sub(2)
         .min(if columns == 1 { 90 } else { 160 });
-    let popup = centered(area, width, per_column as u16 + 2);
+    let popup = centered(area, width, per_column as u16 + first_line + 2);
     // Each column's keys as wide as its widest.
     let keys_width = |column: usize| {
         entries
@@ -1228,15 +1230,25 @@ fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         widths.push(Constraint::Length(keys_width(column)));
         widths.push(Constraint::Fill(1));
     }
-    let widget = Table::new(rows, widths).block(
-        Block::default()
-            .borders(Borders::ALL)
-            .border_style(theme.border)
-            .title(format!(
-                "Keys in {} (any key closes; rebind in console.toml [keys])",
-                app.view.name()
-            )),
-    );
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.border)
+        .title(format!(
+            "Keys in {} (any key closes; rebind in console.toml [keys])",
+            app.view.name()
+        ));
+    let inner = block.inner(popup);
+    let [views_area, keys_area] =
+        Layout::vertical([Constraint::Length(first_line), Constraint::Fill(1)]).areas(inner);
     frame.render_widget(Clear, popup);
-    frame.render_widget(widget, popup);
+    frame.render_widget(block, popup);
+    if let Some((keys, names)) = view_keys {
+        let line = Line::from(vec![
+            Span::styled(keys, theme.ok),
+            Span::raw("  "),
+            Span::raw(names),
+        ]);
+        frame.render_widget(Paragraph::new(line), views_area);
+    }
+    frame.render_widget(Table::new(rows, widths), keys_area);
 }
