@@ -46,6 +46,16 @@ fn three_managers_and_two_workers_form_and_every_manager_agrees() -> Result<()> 
         );
     }
     assert!(views.windows(2).all(|w| w[0] == w[1]));
+    // Followers hear only from the leader, yet count every reachable
+    // manager: quorum checks (leave, demote) run on whichever manager the
+    // operator asks.
+    for name in ["m1", "m2", "m3"] {
+        wait_until(Duration::from_secs(5), || {
+            let info = cluster.agent(name).shoal_json(&["info"])?;
+            Ok(info["reachable_managers"] == 3 && info["fault_tolerance"] == 1)
+        })
+        .map_err(|e| anyhow::anyhow!("{name} does not see 3 of 3 managers: {e}"))?;
+    }
     // The table marks the local node and names the leader.
     let table = cluster.agent("m2").shoal_ok(&["node", "ls"])?;
     assert!(

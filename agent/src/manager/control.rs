@@ -80,9 +80,10 @@ fn live_view(manager: &ManagerRuntime) -> LiveView {
     }
 }
 
-fn read_info(manager: &ManagerRuntime) -> pb::ReadInfo {
+/// How fresh a read answered from `tables` (held by the caller) is.
+fn read_info(manager: &ManagerRuntime, tables: &Tables) -> pb::ReadInfo {
     let stale_reason = if !manager.has_working_leader() {
-        let (reachable, total) = manager.reachable_voters();
+        let (reachable, total) = manager.reachable_voters_in(tables);
         format!(
             "this manager sees no leader ({reachable} of {total} managers reachable): the answer may be stale"
         )
@@ -294,7 +295,7 @@ impl Control for ControlService {
         let cluster = cluster_of(&tables)?;
         Ok(Response::new(pb::GetClusterResponse {
             cluster: Some(cluster.as_ref().into()),
-            read: Some(read_info(&manager)),
+            read: Some(read_info(&manager, &tables)),
         }))
     }
 
@@ -522,7 +523,7 @@ impl Control for ControlService {
         });
         Ok(Response::new(pb::ListNodesResponse {
             nodes,
-            read: Some(read_info(&manager)),
+            read: Some(read_info(&manager, &tables)),
         }))
     }
 
@@ -654,7 +655,7 @@ impl Control for ControlService {
         });
         Ok(Response::new(pb::ListServicesResponse {
             services,
-            read: Some(read_info(&manager)),
+            read: Some(read_info(&manager, &tables)),
         }))
     }
 
@@ -892,7 +893,7 @@ impl Control for ControlService {
             .collect();
         Ok(Response::new(pb::ListTasksResponse {
             tasks,
-            read: Some(read_info(&manager)),
+            read: Some(read_info(&manager, &tables)),
         }))
     }
 
@@ -949,7 +950,7 @@ fn check_demotion(manager: &ManagerRuntime, tables: &Tables, node: &Node) -> Res
              node first"
         )));
     }
-    let (reachable, total) = manager.reachable_voters();
+    let (reachable, total) = manager.reachable_voters_in(tables);
     let node_reachable = node
         .manager_status
         .as_ref()

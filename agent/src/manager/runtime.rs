@@ -25,7 +25,7 @@ use crate::raft::log_store::RaftDb;
 use crate::raft::network::{self, Network, PeerContacts};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, RaftId, RaftMember, RaftMetrics};
-use crate::store::{Store, Transaction};
+use crate::store::{Reachability, Store, Tables, Transaction};
 
 /// Raft timing. Heartbeats every 50 ms. openraft starts an election after
 /// the leader lease (the maximum timeout) plus this node's random timeout
@@ -296,16 +296,38 @@ impl ManagerRuntime {
             .collect()
     }
 
-    /// Voting managers this manager can reach now, itself included, and
-    /// how many voters there are.
+    /// Voting managers reachable now, this one included, and how many
+    /// voters there are.
     pub fn reachable_voters(&self) -> (usize, usize) {
+        self.reachable_voters_in(&self.store.read())
+    }
+
+    /// [`Self::reachable_voters`] for a caller already holding `tables`.
+    ///
+    /// A leader hears from every voter it replicates to. A follower hears
+    /// only from the leader, so while it does, the other followers'
+    /// reachability is the leader's, as recorded on their nodes; without a
+    /// leader it can only count whom it heard from itself.
+    pub fn reachable_voters_in(&self, tables: &Tables) -> (usize, usize) {
         let window = Duration::from_millis(self.quorum_silence_limit_ms());
         let members = self.members();
         let voters: Vec<_> = members.iter().filter(|(_, _, voter)| *voter).collect();
+        let leader_heard = self.leader().is_some_and(|(leader, member)| {
+            leader != self.raft_id && self.contacts.recently(&member.node_id, window)
+        });
+        let recorded_reachable = |node_id: &str| {
+            tables
+                .nodes
+                .get(node_id)
+                .and_then(|node| node.manager_status.as_ref())
+                .is_some_and(|status| status.reachability == Reachability::Reachable)
+        };
         let reachable = voters
             .iter()
             .filter(|(id, member, _)| {
-                *id == self.raft_id || self.contacts.recently(&member.node_id, window)
+                *id == self.raft_id
+                    || self.contacts.recently(&member.node_id, window)
+                    || (leader_heard && recorded_reachable(&member.node_id))
             })
             .count();
         (reachable, voters.len())
