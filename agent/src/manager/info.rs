@@ -90,6 +90,9 @@ pub async fn info(agent: &Agent) -> pb::InfoResponse {
             voter: *voter,
         });
     }
+    // Raft ids are random: by hostname, as `node ls` lists nodes.
+    info.manager_list
+        .sort_by(|a, b| (&a.hostname, &a.node_id).cmp(&(&b.hostname, &b.node_id)));
     info.managers = members.iter().filter(|(_, _, voter)| *voter).count() as u32;
     if info.managers == 0 {
         info.managers = tables
