@@ -156,7 +156,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
             }
         }
         NodeCommand::Update(args) => {
-            let node = change_node(&mut client, target, &args.node, |node, spec| {
+            change_node(&mut client, target, &args.node, |node, spec| {
                 if let Some(availability) = &args.availability {
                     spec.availability = match availability.as_str() {
                         "pause" => pb::NodeAvailability::Pause,
@@ -183,7 +183,8 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                 Ok(())
             })
             .await?;
-            println!("{}", id_of(&node));
+            // As docker does: the node as the operator named it.
+            println!("{}", args.node);
         }
         NodeCommand::Promote { nodes } => {
             for name in nodes {
