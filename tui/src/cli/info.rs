@@ -31,6 +31,8 @@ pub async fn run(target: &Target, args: InfoArgs) -> anyhow::Result<()> {
         .into_inner();
     let state = state_name(info.state);
     let active = state == "active";
+    // A worker knows the managers it can reach, not the cluster's nodes.
+    let is_manager = active && role_name(info.role) == "manager";
     let leader = info
         .manager_list
         .iter()
@@ -45,7 +47,8 @@ pub async fn run(target: &Target, args: InfoArgs) -> anyhow::Result<()> {
             "cluster_id": info.cluster_id,
             "node_addr": info.node_addr,
             "managers": info.managers,
-            "nodes": info.nodes,
+            "nodes": is_manager.then_some(info.nodes),
+            "manager_addrs": info.manager_addrs,
             "reachable_managers": info.reachable_managers,
             "fault_tolerance": info.fault_tolerance,
             "leader": if info.leader_id.is_empty() { None } else { Some(&info.leader_id) },
@@ -81,9 +84,16 @@ pub async fn run(target: &Target, args: InfoArgs) -> anyhow::Result<()> {
                 println!(" Cluster ID: {}", info.cluster_id);
                 println!(" Node Address: {}", info.node_addr);
                 println!(" Managers: {}", info.managers);
-                println!(" Nodes: {}", info.nodes);
+                if is_manager {
+                    println!(" Nodes: {}", info.nodes);
+                } else {
+                    println!(" Manager Addresses:");
+                    for addr in &info.manager_addrs {
+                        println!("  {addr}");
+                    }
+                }
                 println!(" Executor: {}", info.executor);
-                if role_name(info.role) == "manager" {
+                if is_manager {
                     match &leader {
                         Some(name) => println!(
                             " Leader: {} ({}) at {}",
