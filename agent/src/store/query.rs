@@ -7,7 +7,7 @@ use super::{Node, Service, Tables, Task};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
-    #[error("{kind} {reference:?} not found")]
+    #[error("{kind} {reference:?} not found: {}", list_command(kind))]
     NotFound {
         kind: &'static str,
         reference: String,
@@ -18,6 +18,15 @@ pub enum LookupError {
         reference: String,
         candidates: String,
     },
+}
+
+/// Where an operator sees the objects of `kind` that do exist.
+fn list_command(kind: &str) -> &'static str {
+    match kind {
+        "node" => "'shoal node ls' lists the nodes",
+        "service" => "'shoal service ls' lists the services",
+        _ => "'shoal service ps SERVICE' lists a service's tasks",
+    }
 }
 
 fn pick<T>(
