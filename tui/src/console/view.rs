@@ -560,6 +560,7 @@ fn render_tasks(
     let mut previous_slot = previous
         .and_then(|id| model.task(&id))
         .map(super::state::slot_key);
+    let mut widest = [0usize; 3];
     let rows: Vec<Row> = ids
         .iter()
         .filter_map(|id| model.task(id))
@@ -582,20 +583,24 @@ fn render_tasks(
                 Ok(pb::TaskState::Failed | pb::TaskState::Rejected)
             );
             let running = status.state == pb::TaskState::Running as i32;
+            let image = task
+                .spec
+                .as_ref()
+                .and_then(|s| s.container.as_ref())
+                .map(|c| c.image.clone())
+                .unwrap_or_default();
+            let node = if task.node_id.is_empty() {
+                String::new()
+            } else {
+                model.hostname(&task.node_id)
+            };
+            widest[0] = widest[0].max(label.chars().count());
+            widest[1] = widest[1].max(image.chars().count());
+            widest[2] = widest[2].max(node.chars().count());
             Row::new(vec![
                 Cell::from(label),
-                Cell::from(
-                    task.spec
-                        .as_ref()
-                        .and_then(|s| s.container.as_ref())
-                        .map(|c| c.image.clone())
-                        .unwrap_or_default(),
-                ),
-                Cell::from(if task.node_id.is_empty() {
-                    String::new()
-                } else {
-                    model.hostname(&task.node_id)
-                }),
+                Cell::from(image),
+                Cell::from(node),
                 Cell::from(capitalize(task_state_name(task.desired_state))),
                 Cell::from(format!(
                     "{} {}{}",
@@ -609,13 +614,17 @@ fn render_tasks(
             ])
         })
         .collect();
+    // Names, images and hostnames as wide as the page's widest (within
+    // bounds), so that at 80 columns a long image is not cut to make room
+    // for short names; the error takes what is left.
+    let fit = |widest: usize, cap: u16| Constraint::Length((widest as u16).clamp(4, cap));
     let widget = table(
         &["NAME", "IMAGE", "NODE", "DESIRED", "CURRENT", "ERROR"],
         rows,
         &[
-            Constraint::Length(15),
-            Constraint::Length(13),
-            Constraint::Length(10),
+            fit(widest[0], 30),
+            fit(widest[1], 32),
+            fit(widest[2], 16),
             Constraint::Length(8),
             Constraint::Length(12),
             Constraint::Min(10),
