@@ -496,7 +496,12 @@ fn save_logs(app: &App, model: &Model) -> (String, bool) {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(':', "");
-    let path = format!("shoal-logs-{name}-{stamp}.log");
+    let file = format!("shoal-logs-{name}-{stamp}.log");
+    // Named in full: over SSH the console's working directory is easy to
+    // lose track of.
+    let path = std::env::current_dir()
+        .map(|dir| dir.join(&file))
+        .unwrap_or_else(|_| file.into());
     let mut text = String::new();
     let mut count = 0;
     for row in view::shown_logs(app, model) {
@@ -510,10 +515,11 @@ fn save_logs(app: &App, model: &Model) -> (String, bool) {
         count += 1;
     }
     match std::fs::write(&path, text) {
-        Ok(()) => (format!("saved {count} lines to {path}"), false),
+        Ok(()) => (format!("saved {count} lines to {}", path.display()), false),
         Err(e) => (
             format!(
-                "cannot save the logs to {path}: {e}; start the console in a writable directory"
+                "cannot save the logs to {}: {e}; start the console in a writable directory",
+                path.display()
             ),
             true,
         ),
