@@ -40,7 +40,8 @@ fn local_only(caller: &Caller) -> Result<(), Status> {
     match caller {
         Caller::Local => Ok(()),
         _ => Err(Status::permission_denied(
-            "this call is only allowed on the node's local socket",
+            "this command acts on one node and is only taken on that node's local socket: \
+             run it on the node, with --socket (SHOAL_SOCKET) instead of --host",
         )),
     }
 }
