@@ -18,6 +18,40 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+/// Swarm's defaults for what `service create` leaves unsaid. Protobuf
+/// cannot tell an unset number from 0, so a client building a new spec
+/// starts from these, and the store's defaults are the same numbers.
+pub mod defaults {
+    use super::v1 as pb;
+
+    /// Tasks replaced at once by a rolling update or rollback.
+    pub const UPDATE_PARALLELISM: u64 = 1;
+    /// How long an updated task is watched for failure.
+    pub const UPDATE_MONITOR_MS: u64 = 5_000;
+    /// Wait before a failed or exited task is replaced.
+    pub const RESTART_DELAY_MS: u64 = 5_000;
+
+    pub fn update_config() -> pb::UpdateConfig {
+        pb::UpdateConfig {
+            parallelism: UPDATE_PARALLELISM,
+            delay_ms: 0,
+            failure_action: pb::FailureAction::Pause as i32,
+            monitor_ms: UPDATE_MONITOR_MS,
+            max_failure_ratio: 0.0,
+            order: pb::UpdateOrder::StopFirst as i32,
+        }
+    }
+
+    pub fn restart_policy() -> pb::RestartPolicy {
+        pb::RestartPolicy {
+            condition: pb::RestartCondition::Any as i32,
+            delay_ms: RESTART_DELAY_MS,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
 /// `shoal --version` and `shoald --version`: the release and the commit
 /// built from.
 pub const VERSION: &str = concat!(

@@ -398,7 +398,7 @@ impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
             condition: RestartCondition::Any,
-            delay_ms: 5_000,
+            delay_ms: shoal_proto::defaults::RESTART_DELAY_MS,
             max_attempts: 0,
             window_ms: 0,
         }
@@ -480,10 +480,10 @@ impl Default for UpdateConfig {
     /// Swarm's defaults.
     fn default() -> Self {
         UpdateConfig {
-            parallelism: 1,
+            parallelism: shoal_proto::defaults::UPDATE_PARALLELISM,
             delay_ms: 0,
             failure_action: FailureAction::Pause,
-            monitor_ms: 5_000,
+            monitor_ms: shoal_proto::defaults::UPDATE_MONITOR_MS,
             max_failure_ratio: 0.0,
             order: UpdateOrder::StopFirst,
         }

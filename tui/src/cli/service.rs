@@ -205,6 +205,12 @@ impl CreateArgs {
                 pb::ServiceMode::Replicated as i32
             },
             replicas: 1,
+            update: Some(shoal_proto::defaults::update_config()),
+            rollback: Some(shoal_proto::defaults::update_config()),
+            task: Some(pb::TaskSpec {
+                restart: Some(shoal_proto::defaults::restart_policy()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         {
@@ -995,9 +1001,10 @@ fn print_pretty(detail: &Value) {
         Value::Null => String::new(),
         other => other.to_string(),
     };
+    // Settings, not ages: 0 is "0s", as docker prints them.
     let ms = |v: &Value| {
         v.as_u64()
-            .map(|ms| super::output::human(Duration::from_millis(ms)))
+            .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string())
             .unwrap_or_default()
     };
     println!("ID:\t\t{}", text(&detail["id"]));
