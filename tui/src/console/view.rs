@@ -617,7 +617,7 @@ fn render_tasks(
     // Names, images and hostnames as wide as the page's widest (within
     // bounds), so that at 80 columns a long image is not cut to make room
     // for short names; the error takes what is left.
-    let fit = |widest: usize, cap: u16| Constraint::Length((widest as u16).clamp(4, cap));
+    let fit = |widest: usize, cap: u16| Constraint::Length(widest.clamp(4, cap.into()) as u16);
     let widget = table(
         &["NAME", "IMAGE", "NODE", "DESIRED", "CURRENT", "ERROR"],
         rows,
