@@ -213,8 +213,11 @@ fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
     let m1 = cluster.agent("m1");
     let changing_roles = Duration::from_secs(30);
 
+    // promote and demote answer once the change is carried out, so that
+    // what they print and the listing that follows are true.
     let out = m1.shoal_ok(&["node", "promote", "w1"])?;
     assert!(out.contains("promoted"), "{out}");
+    assert_eq!(cluster.node_field("w1", "role")?, "manager");
     wait_until(changing_roles, || is_reachable_manager(&cluster, "w1"))?;
     wait_until(changing_roles, || {
         Ok(cluster.agent("w1").shoal_json(&["info"])?["role"] == "manager")
@@ -223,7 +226,10 @@ fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
     cluster
         .agent("w1")
         .shoal_ok(&["node", "update", "--label-add", "promoted=yes", "w1"])?;
-    m1.shoal_ok(&["node", "demote", "w1"])?;
+    let out = m1.shoal_ok(&["node", "demote", "w1"])?;
+    assert!(out.contains("demoted"), "{out}");
+    assert_eq!(cluster.node_field("w1", "role")?, "worker");
+    assert_eq!(cluster.node_field("w1", "manager_status")?, "");
     wait_until(changing_roles, || {
         Ok(cluster.node_field("w1", "role")? == "worker"
             && cluster.agent("w1").shoal_json(&["info"])?["role"] == "worker")
@@ -242,10 +248,11 @@ fn a_manager_that_missed_its_demotion_and_promotion_joins_raft_again() -> Result
     cluster.agent("m3").pause();
     let m1 = cluster.agent("m1");
     m1.shoal_ok(&["node", "demote", "m3"])?;
-    wait_until(Duration::from_secs(30), || {
-        Ok(cluster.node_field("m3", "role")? == "worker")
-    })?;
-    m1.shoal_ok(&["node", "promote", "m3"])?;
+    assert_eq!(cluster.node_field("m3", "role")?, "worker");
+    // A frozen node cannot take the role: the promotion is recorded and
+    // said to wait for it.
+    let out = m1.shoal_ok(&["node", "promote", "m3"])?;
+    assert!(out.contains("once its agent is back"), "{out}");
     let m3 = cluster.agent_mut("m3");
     m3.kill9();
     m3.start()?;

@@ -1,5 +1,7 @@
 //! `shoal node ...`.
 
+use std::time::{Duration, Instant};
+
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use shoal_proto::v1 as pb;
@@ -198,10 +200,15 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     Ok(())
                 })
                 .await?;
-                println!(
-                    "Node {} promoted to a manager in the swarm.",
-                    hostname_of(&node)
-                );
+                let hostname = hostname_of(&node);
+                match await_role(&mut client, target, &name, pb::NodeRole::Manager).await? {
+                    RoleChange::Done => {
+                        println!("Node {hostname} promoted to a manager in the swarm.")
+                    }
+                    RoleChange::WhenBack => println!(
+                        "Node {hostname} is down: it becomes a manager once its agent is back."
+                    ),
+                }
             }
         }
         NodeCommand::Demote { nodes } => {
@@ -218,6 +225,7 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                     Ok(())
                 })
                 .await?;
+                await_role(&mut client, target, &name, pb::NodeRole::Worker).await?;
                 println!("Manager {} demoted in the swarm.", hostname_of(&node));
             }
         }
@@ -269,6 +277,70 @@ async fn find(
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("no such node: {name}"))
+}
+
+/// How long promote and demote wait for the leader to carry the change
+/// out: a raft membership change, a few heartbeats at most.
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(20);
+
+enum RoleChange {
+    Done,
+    /// A down node takes a manager role when its agent returns and asks
+    /// to join raft; that is reported, not waited for.
+    WhenBack,
+}
+
+/// Waits until the node named `name` holds `role`, so that the verdict
+/// printed, and the `node ls` that follows, are true.
+async fn await_role(
+    client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    target: &Target,
+    name: &str,
+    role: pb::NodeRole,
+) -> anyhow::Result<RoleChange> {
+    let deadline = Instant::now() + ROLE_CHANGE_WAIT;
+    loop {
+        let node = match find(client, target, name).await {
+            Ok(node) => node,
+            // The node this command talks to demoted itself: it no longer
+            // answers as a manager, which is the change asked for.
+            Err(_) if role == pb::NodeRole::Worker && !still_manager(client).await => {
+                return Ok(RoleChange::Done);
+            }
+            Err(e) => return Err(e),
+        };
+        let settled = node.role == role as i32
+            && (role == pb::NodeRole::Manager || node.manager_status.is_none());
+        if settled {
+            return Ok(RoleChange::Done);
+        }
+        let down = status_of(&node).state == pb::NodeState::Down as i32;
+        if role == pb::NodeRole::Manager && down {
+            return Ok(RoleChange::WhenBack);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "node {} is still a {} {} s after the change was accepted; the leader keeps \
+                 trying: see 'shoal node inspect --pretty {}' and the leader's log",
+                hostname_of(&node),
+                role_name(node.role),
+                ROLE_CHANGE_WAIT.as_secs(),
+                hostname_of(&node)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the node this command talks to still answers as a manager.
+async fn still_manager(
+    client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+) -> bool {
+    let refused = client
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .is_err_and(|s| s.code() == tonic::Code::FailedPrecondition);
+    !refused
 }
 
 /// Reads a node, changes its spec and writes it back naming the version
