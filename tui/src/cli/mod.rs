@@ -149,6 +149,16 @@ pub fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// A write's error as the operator reads it: the cluster's refusal in
+/// [`rpc_error`]'s words, anything else (a change that cannot be made) as
+/// it is.
+pub fn written_error(target: &Target, error: anyhow::Error) -> anyhow::Error {
+    match error.downcast::<tonic::Status>() {
+        Ok(status) => rpc_error(target, status),
+        Err(other) => other,
+    }
+}
+
 /// Generated into memory first: clap_complete panics on a write error,
 /// and a closed pipe (`| head`) is not a reason to.
 fn print_completion(shell: clap_complete::Shell) -> anyhow::Result<()> {

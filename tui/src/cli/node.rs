@@ -10,7 +10,8 @@ use super::output::{
     Format, Table, ago, availability_name, capitalize, key_value, manager_status_name,
     node_state_name, print_json, role_name, short, warn_if_stale,
 };
-use super::{Target, rpc_error};
+use super::{Target, rpc_error, written_error};
+use crate::fresh::write_fresh;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -344,33 +345,40 @@ async fn still_manager(
 }
 
 /// Reads a node, changes its spec and writes it back naming the version
-/// read. The cluster changes nodes too (status, role changes under way),
-/// so a write that lost the race is retried on a fresh read: the
-/// operator's intent is the same.
+/// read (made again from a fresh read if the cluster changed the node
+/// meanwhile, see [`crate::fresh`]). Answers the node as read.
 async fn change_node(
     client: &mut shoal_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
     target: &Target,
     name: &str,
     change: impl Fn(&pb::Node, &mut pb::NodeSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<pb::Node> {
-    let mut attempts = 0;
-    loop {
-        let node = find(client, target, name).await?;
-        let mut spec = spec_of(&node);
-        change(&node, &mut spec)?;
-        let result = client
-            .update_node(pb::UpdateNodeRequest {
-                node: id_of(&node).to_string(),
-                version: node.meta.as_ref().map(|m| m.version).unwrap_or(0),
+    let node = find(client, target, name).await?;
+    let written = write_fresh(
+        node,
+        |node| {
+            let mut client = client.clone();
+            let mut spec = spec_of(node);
+            let changed = change(node, &mut spec);
+            let request = pb::UpdateNodeRequest {
+                node: id_of(node).to_string(),
+                version: node.meta.as_ref().map_or(0, |m| m.version),
                 spec: Some(spec),
-            })
-            .await;
-        match result {
-            Ok(_) => return Ok(node),
-            Err(status) if status.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
-            Err(status) => return Err(rpc_error(target, status)),
-        }
-    }
+            };
+            let node = node.clone();
+            async move {
+                changed?;
+                client.update_node(request).await?;
+                Ok(node)
+            }
+        },
+        || {
+            let mut client = client.clone();
+            async move { find(&mut client, target, name).await }
+        },
+    )
+    .await;
+    written.map_err(|e| written_error(target, e))
 }
 
 fn id_of(node: &pb::Node) -> &str {

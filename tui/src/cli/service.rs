@@ -15,7 +15,8 @@ use super::output::{
     Format, Table, ago, health_name, key_value, parse_duration, print_json, short, task_state_name,
     update_state_name, warn_if_stale,
 };
-use super::{Target, rpc_error};
+use super::{Target, rpc_error, written_error};
+use crate::fresh::write_fresh;
 
 type Client = ControlClient<Channel>;
 
@@ -821,39 +822,45 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
 }
 
 /// Reads a service, changes its spec and writes it back naming the
-/// version read. The update supervisor writes services too (update
-/// status), so a write that lost the race is retried on a fresh read.
+/// version read (made again from a fresh read if the cluster changed the
+/// service meanwhile, see [`crate::fresh`]). Answers the service written.
 async fn change_service(
     client: &mut Client,
     target: &Target,
     name: &str,
     change: impl Fn(&mut pb::ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<pb::Service> {
-    let mut attempts = 0;
-    loop {
-        let service = find(client, target, name).await?;
-        let mut spec = service.spec.clone().unwrap_or_default();
-        change(&mut spec)?;
-        let result = client
-            .update_service(pb::UpdateServiceRequest {
-                service: service_id(&service).to_string(),
-                version: service.meta.as_ref().map(|m| m.version).unwrap_or(0),
+    let service = find(client, target, name).await?;
+    let written = write_fresh(
+        service,
+        |service| {
+            let mut client = client.clone();
+            let mut spec = service.spec.clone().unwrap_or_default();
+            let changed = change(&mut spec);
+            let request = pb::UpdateServiceRequest {
+                service: service_id(service).to_string(),
+                version: service.meta.as_ref().map_or(0, |m| m.version),
                 spec: Some(spec),
                 rollback: false,
                 pause: false,
-            })
-            .await;
-        match result {
-            Ok(response) => {
-                return response
+            };
+            async move {
+                changed?;
+                client
+                    .update_service(request)
+                    .await?
                     .into_inner()
                     .service
-                    .ok_or_else(|| anyhow::anyhow!("the manager returned no service"));
+                    .ok_or_else(|| anyhow::anyhow!("the manager returned no service"))
             }
-            Err(status) if status.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
-            Err(status) => return Err(rpc_error(target, status)),
-        }
-    }
+        },
+        || {
+            let mut client = client.clone();
+            async move { find(&mut client, target, name).await }
+        },
+    )
+    .await;
+    written.map_err(|e| written_error(target, e))
 }
 
 async fn find(client: &mut Client, target: &Target, name: &str) -> anyhow::Result<pb::Service> {

@@ -43,6 +43,7 @@ use tonic::transport::Channel;
 use crate::cli::Target;
 use crate::cli::output::now_ms;
 use crate::cli::swarm::join_command;
+use crate::fresh::write_fresh;
 use app::{Action, App};
 use state::{Connection, Level, Model};
 use theme::Theme;
@@ -621,40 +622,6 @@ async fn follow_logs(
     let _ = tx.send(Message::LogsEnded { service, reason }).await;
 }
 
-/// Writes made from the console name the version the model holds. The
-/// model can be a moment behind the cluster (a role change or a status
-/// report just landed), so a write refused for naming an older version is
-/// retried on a fresh read, as the CLI does: the operator's intent (this
-/// field, this value) is the same.
-const STALE_WRITE_RETRIES: u32 = 5;
-
-/// Writes `current` changed, and on a version conflict reads it again and
-/// writes that instead, up to [`STALE_WRITE_RETRIES`] times.
-async fn write_fresh<T, Write, Written, Reread, Read>(
-    mut current: T,
-    mut write: Write,
-    mut reread: Reread,
-) -> Result<(), tonic::Status>
-where
-    Write: FnMut(&T) -> Written,
-    Written: Future<Output = Result<(), tonic::Status>>,
-    Reread: FnMut() -> Read,
-    Read: Future<Output = Result<T, tonic::Status>>,
-{
-    let mut attempts = 0;
-    loop {
-        match write(&current).await {
-            Err(status)
-                if status.code() == tonic::Code::Aborted && attempts < STALE_WRITE_RETRIES =>
-            {
-                attempts += 1;
-                current = reread().await?;
-            }
-            written => return written,
-        }
-    }
-}
-
 async fn update_service(
     client: &mut Client,
     model: &Model,
@@ -737,63 +704,3 @@ async fn update_node(
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod write_fresh_tests {
-    use std::cell::RefCell;
-
-    use super::{STALE_WRITE_RETRIES, write_fresh};
-
-    /// Runs `write_fresh` from version 1 against a cluster whose object is
-    /// changed under the console `conflicts` times; returns what it
-    /// answered and the versions it wrote.
-    async fn against(conflicts: u32, other_error: bool) -> (Result<(), tonic::Status>, Vec<u64>) {
-        let written = RefCell::new(Vec::new());
-        let current_version = RefCell::new(1 + u64::from(conflicts));
-        let rereads = RefCell::new(0u64);
-        let outcome = write_fresh(
-            1u64,
-            |version: &u64| {
-                written.borrow_mut().push(*version);
-                let result = if other_error {
-                    Err(tonic::Status::permission_denied("not a manager"))
-                } else if *version == *current_version.borrow() {
-                    Ok(())
-                } else {
-                    Err(tonic::Status::aborted("version conflict"))
-                };
-                async move { result }
-            },
-            || {
-                *rereads.borrow_mut() += 1;
-                let fresh = (1 + *rereads.borrow()).min(*current_version.borrow());
-                async move { Ok(fresh) }
-            },
-        )
-        .await;
-        (outcome, written.into_inner())
-    }
-
-    #[tokio::test]
-    async fn a_conflict_is_written_again_from_a_fresh_read() {
-        let (outcome, written) = against(2, false).await;
-        assert!(outcome.is_ok(), "{outcome:?}");
-        assert_eq!(written, [1, 2, 3], "each retry writes what it read");
-    }
-
-    #[tokio::test]
-    async fn conflicts_that_keep_coming_end_in_the_conflict() {
-        let (outcome, written) = against(STALE_WRITE_RETRIES + 1, false).await;
-        let status = outcome.expect_err("gives up");
-        assert_eq!(status.code(), tonic::Code::Aborted);
-        assert_eq!(written.len(), STALE_WRITE_RETRIES as usize + 1);
-    }
-
-    #[tokio::test]
-    async fn other_errors_are_not_retried() {
-        let (outcome, written) = against(0, true).await;
-        let status = outcome.expect_err("refused");
-        assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert_eq!(written, [1]);
-    }
-}
