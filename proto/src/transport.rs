@@ -17,7 +17,7 @@ pub const OPERATOR_CA_FILE: &str = "ca.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot reach {target}: {source}")]
+    #[error("cannot reach {target}: {}", cause(.source))]
     Connect {
         target: String,
         #[source]
@@ -48,6 +48,16 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, TransportEr
         }))
         .await
         .map_err(|source| TransportError::Connect { target, source })
+}
+
+/// What went wrong under a transport error, whose own text is only
+/// "transport error": the innermost cause, such as "Connection refused".
+fn cause(error: &tonic::transport::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 fn tls_endpoint(addr: &str) -> Result<Endpoint, TransportError> {

@@ -529,11 +529,15 @@ async fn fetch_root_ca(remote: &str) -> Result<String, NodeError> {
     let response = CaClient::new(channel)
         .get_root_certificate(pb::GetRootCertificateRequest {})
         .await
-        .map_err(|status| {
-            NodeError::Failed(format!(
+        .map_err(|status| match status.code() {
+            tonic::Code::FailedPrecondition => NodeError::Failed(format!(
+                "{remote} is not a manager of a swarm: join through a manager's address \
+                 ('shoal swarm join-token worker' on a manager prints one)"
+            )),
+            _ => NodeError::Failed(format!(
                 "{remote} did not give its root CA: {}",
                 status.message()
-            ))
+            )),
         })?;
     Ok(response.into_inner().certificate_pem)
 }

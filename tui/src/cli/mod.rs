@@ -136,8 +136,13 @@ fn default_tls_dir() -> PathBuf {
 /// message already names the object and the fix.
 pub fn rpc_error(target: &Target, status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
+    // A status made on this side of the connection carries the transport
+    // error as its source; one the server sent carries none, and its
+    // message (say, a join that cannot reach the manager it was given)
+    // is the server's to tell.
+    let local = std::error::Error::source(&status).is_some();
     match status.code() {
-        Code::Unavailable if status.message().contains("transport") => anyhow::anyhow!(
+        Code::Unavailable if local => anyhow::anyhow!(
             "lost the connection to {}: {}",
             target.describe(),
             status.message()
@@ -208,5 +213,25 @@ pub fn main() -> ExitCode {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_unavailable_is_told_in_its_own_words() {
+        let target = Target {
+            socket: PathBuf::from("/run/shoal.sock"),
+            host: None,
+            tls_dir: None,
+        };
+        let status = tonic::Status::unavailable(
+            "cannot reach 127.0.0.1:4799: transport error: check the manager address",
+        );
+        let error = rpc_error(&target, status).to_string();
+        assert!(error.starts_with("cannot reach 127.0.0.1:4799"), "{error}");
+        assert!(!error.contains("lost the connection"), "{error}");
     }
 }
