@@ -221,6 +221,15 @@ pub fn health_name(health: i32) -> Option<&'static str> {
     }
 }
 
+/// A task's place: its slot, or for global tasks its node.
+pub fn slot_key(task: &pb::Task) -> (u64, &str) {
+    if task.slot > 0 {
+        (task.slot, "")
+    } else {
+        (0, task.node_id.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

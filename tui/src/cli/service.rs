@@ -12,8 +12,8 @@ use shoal_proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
 
 use super::output::{
-    Format, Table, ago, health_name, key_value, parse_duration, print_json, short, task_state_name,
-    update_state_name, warn_if_stale,
+    Format, Table, ago, health_name, key_value, parse_duration, print_json, short, slot_key,
+    task_state_name, update_state_name, warn_if_stale,
 };
 use super::{Target, rpc_error, written_error};
 use crate::fresh::write_fresh;
@@ -1101,15 +1101,26 @@ pub(crate) fn task_row(t: &pb::Task) -> Value {
     })
 }
 
+/// The slot a task fills, across services.
+fn slot_of(task: &pb::Task) -> (&str, (u64, &str)) {
+    (task.service_name.as_str(), slot_key(task))
+}
+
+/// As `docker service ps`: by slot, each slot's newest task first and its
+/// history under it, wherever each task ran.
+fn sort_by_slot(tasks: &mut [pb::Task]) {
+    let created = |t: &pb::Task| t.meta.as_ref().map_or(0, |m| m.created_at_ms);
+    tasks.sort_by(|a, b| {
+        slot_of(a)
+            .cmp(&slot_of(b))
+            .then(created(b).cmp(&created(a)))
+    });
+}
+
 /// Tasks as `docker service ps` lists them: per slot, the newest first and
 /// its history below it marked with `\_`.
 pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> anyhow::Result<()> {
-    let created = |t: &pb::Task| t.meta.as_ref().map(|m| m.created_at_ms).unwrap_or(0);
-    tasks.sort_by(|a, b| {
-        (a.service_name.as_str(), a.slot, a.node_id.as_str())
-            .cmp(&(b.service_name.as_str(), b.slot, b.node_id.as_str()))
-            .then(created(b).cmp(&created(a)))
-    });
+    sort_by_slot(&mut tasks);
     if format == Format::Json {
         let rows: Vec<Value> = tasks.iter().map(task_row).collect();
         return print_json(&Value::Array(rows));
@@ -1126,16 +1137,8 @@ pub fn print_tasks(mut tasks: Vec<pb::Task>, format: Format, no_trunc: bool) -> 
     let mut previous_slot = None;
     for t in &tasks {
         let status = t.status.clone().unwrap_or_default();
-        let slot = (
-            t.service_name.clone(),
-            t.slot,
-            if t.slot == 0 {
-                t.node_id.clone()
-            } else {
-                String::new()
-            },
-        );
-        let name = if previous_slot.as_ref() == Some(&slot) {
+        let slot = slot_of(t);
+        let name = if previous_slot == Some(slot) {
             format!(" \\_ {}", task_name(t))
         } else {
             task_name(t)
@@ -1357,5 +1360,54 @@ impl Progress {
             out.push_str(&format!("… and {} more\n", self.slots.len() - 20));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, slot: u64, node: &str, created_at_ms: i64) -> pb::Task {
+        pb::Task {
+            meta: Some(pb::Meta {
+                id: id.to_string(),
+                created_at_ms,
+                ..Default::default()
+            }),
+            service_name: "web".to_string(),
+            slot,
+            node_id: node.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_slots_newest_task_leads_its_history_whatever_node_it_ran_on() {
+        // web.1 ran on n2, then moved to n1 when n2 was drained; web.2
+        // stayed on n1. A global service's tasks are slots by node.
+        let mut tasks = vec![
+            task("old-on-n2", 1, "n2", 10),
+            task("global-n2", 0, "n2", 5),
+            task("other-slot", 2, "n1", 1),
+            task("new-on-n1", 1, "n1", 30),
+            task("global-n1", 0, "n1", 6),
+            task("newer-on-n2", 1, "n2", 20),
+        ];
+        sort_by_slot(&mut tasks);
+        let order: Vec<&str> = tasks
+            .iter()
+            .map(|t| t.meta.as_ref().map_or("", |m| m.id.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "global-n1",
+                "global-n2",
+                "new-on-n1",
+                "newer-on-n2",
+                "old-on-n2",
+                "other-slot"
+            ]
+        );
     }
 }

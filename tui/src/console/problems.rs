@@ -110,7 +110,7 @@ pub fn find(model: &Model) -> Vec<Problem> {
         // Newest first within a slot: the first seen is the newest.
         for task in model.failed_tasks_of(id) {
             let entry = failures
-                .entry(super::state::slot_key(task))
+                .entry(crate::cli::output::slot_key(task))
                 .or_insert((0, task));
             entry.0 += 1;
         }

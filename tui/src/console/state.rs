@@ -11,7 +11,7 @@ use shoal_proto::v1::watch_event::{Object, Old};
 
 use super::ordered::OrderedSet;
 
-use crate::cli::output::{node_state_name, short, task_state_name, update_state_name};
+use crate::cli::output::{node_state_name, short, slot_key, task_state_name, update_state_name};
 
 /// Event log length kept in memory.
 const EVENTS_KEPT: usize = 1_000;
@@ -293,15 +293,6 @@ impl Default for Model {
             logs_received: 0,
             logs_status: None,
         }
-    }
-}
-
-/// A task's place: its slot, or for global tasks its node.
-pub fn slot_key(task: &pb::Task) -> (u64, &str) {
-    if task.slot > 0 {
-        (task.slot, "")
-    } else {
-        (0, task.node_id.as_str())
     }
 }
 

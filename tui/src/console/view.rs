@@ -559,14 +559,14 @@ fn render_tasks(
     } = page(app, model, area);
     let mut previous_slot = previous
         .and_then(|id| model.task(&id))
-        .map(super::state::slot_key);
+        .map(crate::cli::output::slot_key);
     let mut widest = [0usize; 3];
     let rows: Vec<Row> = ids
         .iter()
         .filter_map(|id| model.task(id))
         .map(|task| {
             let status = task.status.clone().unwrap_or_default();
-            let slot = super::state::slot_key(task);
+            let slot = crate::cli::output::slot_key(task);
             let base = if task.slot > 0 {
                 format!("{}.{}", task.service_name, task.slot)
             } else {
