@@ -176,11 +176,14 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                 }
                 for key in &args.label_rm {
                     if spec.labels.remove(key).is_none() {
-                        anyhow::bail!(
-                            "node {} has no label {key:?}; its labels are: {}",
-                            hostname_of(node),
-                            spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
-                        );
+                        let labels = match spec.labels.is_empty() {
+                            true => "it has none".to_string(),
+                            false => format!(
+                                "its labels are: {}",
+                                spec.labels.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        };
+                        anyhow::bail!("node {} has no label {key:?}; {labels}", hostname_of(node));
                     }
                 }
                 Ok(())
