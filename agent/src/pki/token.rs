@@ -107,12 +107,12 @@ impl UnlockKey {
             .trim()
             .strip_prefix(UNLOCK_PREFIX)
             .ok_or_else(|| malformed("it does not start with SWMKEY-1-"))?;
+        let not_a_key =
+            || malformed("the part after SWMKEY-1- is not a key (43 base64 characters)");
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(encoded.trim_end_matches('='))
-            .map_err(|_| malformed("the part after SWMKEY-1- is not base64"))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| malformed("the key is not 32 bytes long"))?;
+            .map_err(|_| not_a_key())?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| not_a_key())?;
         Ok(UnlockKey(key))
     }
 
