@@ -575,3 +575,80 @@ pub fn build_test_images() -> Result<()> {
         .clone()
         .map_err(|e| anyhow!(e))
 }
+
+/// A filesystem of its own, small enough to fill: how tests make a disk
+/// full. A tmpfs is mounted over a directory (which needs root, as the
+/// network namespaces of other tests do) and lazily unmounted on drop, so
+/// that an agent still holding files there cannot keep it mounted.
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Moves the directory at `path` onto a new tmpfs of `bytes` mounted
+    /// in its place. Whatever uses it must be stopped meanwhile.
+    pub fn mount_over(path: &Path, bytes: u64) -> Result<SmallDisk> {
+        let aside = path.with_extension("before-mount");
+        std::fs::rename(path, &aside)
+            .with_context(|| format!("moving {} aside", path.display()))?;
+        std::fs::create_dir_all(path)?;
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(path),
+            "mounting a tmpfs (tests that fill a disk run as root)",
+        )?;
+        let disk = SmallDisk {
+            path: path.to_path_buf(),
+        };
+        let mut contents = aside.clone().into_os_string();
+        contents.push("/.");
+        run_ok(
+            Command::new("cp").arg("-a").arg(contents).arg(path),
+            "copying onto the tmpfs",
+        )?;
+        std::fs::remove_dir_all(&aside)?;
+        Ok(disk)
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path.join("filler")
+    }
+
+    /// Writes zeros until the filesystem has no byte left.
+    pub fn fill(&self) -> Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler())?;
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Frees what [`SmallDisk::fill`] took.
+    pub fn make_room(&self) -> Result<()> {
+        Ok(std::fs::remove_file(self.filler())?)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+fn run_ok(command: &mut Command, what: &str) -> Result<()> {
+    let out = command.output().with_context(|| what.to_string())?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shoal_tests::{Cluster, Executor, wait_until};
+use shoal_tests::{Cluster, Executor, SmallDisk, wait_until};
 
 fn hostnames(nodes: &[serde_json::Value]) -> Vec<String> {
     let mut names: Vec<String> = nodes
@@ -437,5 +437,65 @@ async fn only_manager_certificates_of_this_cluster_reach_the_manager_api() -> Re
         "{refused:?}"
     );
     assert!(refused.message().contains("removed"), "{refused:?}");
+    Ok(())
+}
+
+#[test]
+fn a_manager_whose_disk_fills_stops_its_raft_says_why_and_recovers_after_a_restart() -> Result<()> {
+    let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
+    let m3 = cluster.agent_mut("m3");
+    m3.stop()?;
+    let disk = SmallDisk::mount_over(&m3.data_dir, 32 * 1024 * 1024)?;
+    m3.start()?;
+    wait_until(Duration::from_secs(30), || {
+        is_reachable_manager(&cluster, "m3")
+    })?;
+
+    // Writes go on through the leader; the first one m3 must append
+    // fails its sync, and its raft stops for good.
+    disk.fill()?;
+    let m1 = cluster.agent("m1");
+    let m3 = cluster.agent("m3");
+    let mut label = 0;
+    wait_until(Duration::from_secs(30), || {
+        label += 1;
+        m1.shoal_ok(&["node", "update", "--label-add", &format!("n={label}"), "m1"])?;
+        let message = m3.shoal_json(&["info"])?["message"].to_string();
+        Ok(message.contains("raft has stopped"))
+    })?;
+    let message = m3.shoal_json(&["info"])?["message"].to_string();
+    assert!(
+        message.contains("No space left on device") && message.contains("restart"),
+        "{message}"
+    );
+    let refused = m3.shoal(&["node", "update", "--label-add", "via=m3", "m3"])?;
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("raft has stopped"), "{error}");
+
+    // The others count m3 out and carry on with two of three.
+    wait_until(Duration::from_secs(30), || {
+        Ok(cluster.node_field("m3", "manager_status")? == "unreachable")
+    })?;
+    assert_eq!(m1.shoal_json(&["info"])?["reachable_managers"], 2);
+    m1.shoal_ok(&["node", "update", "--label-add", "while=full", "m1"])?;
+    // m3 refuses raft calls instead of handing them to a stopped raft,
+    // whose every refusal would be logged.
+    let log = std::fs::read_to_string(&m3.log)?;
+    assert!(
+        !log.contains("failure sending RaftMsg"),
+        "m3 kept calling its stopped raft"
+    );
+
+    // With room again, a restart brings m3 back, and it catches up.
+    disk.make_room()?;
+    let m3 = cluster.agent_mut("m3");
+    m3.stop()?;
+    m3.start()?;
+    wait_until(Duration::from_secs(30), || {
+        let m1_seen_from_m3 = cluster.agent("m3").shoal_json(&["node", "inspect", "m1"])?;
+        Ok(is_reachable_manager(&cluster, "m3")?
+            && m1_seen_from_m3[0]["spec"]["labels"]["while"] == "full")
+    })?;
     Ok(())
 }

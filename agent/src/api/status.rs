@@ -29,9 +29,10 @@ impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Status {
         match e {
             ProposeError::Rejected(tx) => tx.into(),
-            ProposeError::NoLeader { .. } | ProposeError::Raft(_) | ProposeError::Shutdown => {
-                Status::unavailable(e.to_string())
-            }
+            ProposeError::NoLeader { .. }
+            | ProposeError::Raft(_)
+            | ProposeError::Shutdown
+            | ProposeError::RaftStopped(_) => Status::unavailable(e.to_string()),
             ProposeError::NotManager => Status::failed_precondition(e.to_string()),
             ProposeError::Timeout => Status::deadline_exceeded(e.to_string()),
         }

@@ -83,7 +83,12 @@ fn live_view(manager: &ManagerRuntime) -> LiveView {
 
 /// How fresh a read answered from `tables` (held by the caller) is.
 fn read_info(manager: &ManagerRuntime, tables: &Tables) -> pb::ReadInfo {
-    let stale_reason = if !manager.has_working_leader() {
+    let stale_reason = if let Some(cause) = manager.raft_stopped() {
+        format!(
+            "{}: the answer may be stale",
+            super::raft_stopped_message(&cause)
+        )
+    } else if !manager.has_working_leader() {
         let (reachable, total) = manager.reachable_voters_in(tables);
         format!(
             "this manager sees no leader ({reachable} of {total} managers reachable): the answer may be stale"

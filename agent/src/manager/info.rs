@@ -58,7 +58,9 @@ pub async fn info(agent: &Agent) -> pb::InfoResponse {
         reachable as i32 - (total / 2 + 1) as i32
     };
     let leader = manager.leader();
-    if let Some((_, member)) = &leader {
+    if let Some(cause) = manager.raft_stopped() {
+        info.message = crate::manager::raft_stopped_message(&cause);
+    } else if let Some((_, member)) = &leader {
         info.leader_id = member.node_id.clone();
         info.leader_addr = member.addr.clone();
     } else {

@@ -46,6 +46,18 @@ pub enum ProposeError {
     Raft(String),
     #[error("this node is shutting down")]
     Shutdown,
+    #[error("{}", raft_stopped_message(.0))]
+    RaftStopped(String),
+}
+
+/// What a manager whose raft has stopped says: raft stops for good when a
+/// write to its log or store fails, and only a restart brings it back.
+pub fn raft_stopped_message(cause: &str) -> String {
+    format!(
+        "this manager's raft has stopped ({cause}); the other managers carry on without it: fix \
+         the cause (a full or failing disk under its data directory) and restart its shoald, or \
+         use another manager"
+    )
 }
 
 pub fn no_leader_message(reachable: usize, total: usize) -> String {

@@ -38,6 +38,11 @@ impl RaftService {
         let caller = Caller::of(request);
         let active = self.agent.active().await?;
         let manager = active.require_manager()?;
+        // A peer that keeps calling a stopped raft would only fill both
+        // logs; refused, it counts this manager unreachable.
+        if let Some(cause) = manager.raft_stopped() {
+            return Err(Status::unavailable(super::raft_stopped_message(&cause)));
+        }
         let cluster_id = active.cluster_id();
         let tables = manager.store.read();
         let removed = |id: &str| {

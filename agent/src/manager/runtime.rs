@@ -351,7 +351,24 @@ impl ManagerRuntime {
 
     /// Whether writes can commit as far as this manager knows: there is a
     /// leader, and if it is this manager, it still hears from a quorum.
+    /// Why this manager's raft has stopped, if it has. raft stops for good
+    /// when a write to its log or state machine fails (a full disk, a
+    /// failing one); until the agent restarts, this manager takes no part
+    /// in raft and says so instead of answering as if it did.
+    pub fn raft_stopped(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let running = metrics.borrow();
+        running
+            .running_state
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+    }
+
     pub fn has_working_leader(&self) -> bool {
+        if self.raft_stopped().is_some() {
+            return false;
+        }
         let metrics = self.metrics();
         match metrics.current_leader {
             None => false,
@@ -369,6 +386,9 @@ impl ManagerRuntime {
     pub async fn propose(&self, tx: Transaction) -> Result<u64, ProposeError> {
         if tx.is_empty() {
             return Ok(0);
+        }
+        if let Some(cause) = self.raft_stopped() {
+            return Err(ProposeError::RaftStopped(cause));
         }
         let mut last_error = self.no_leader();
         let mut tried_leader: Option<RaftId> = None;
@@ -671,6 +691,9 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
     let mut leading: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)> = None;
     loop {
         let snapshot = metrics.borrow().clone();
+        if let Err(fatal) = &snapshot.running_state {
+            tracing::error!("{}", super::raft_stopped_message(&fatal.to_string()));
+        }
         if snapshot.current_leader != current_leader {
             let name = |id: Option<RaftId>| {
                 id.and_then(|id| {

@@ -230,6 +230,20 @@ fn db_error(what: &str, e: impl std::fmt::Display) -> DbError {
     DbError(format!("{what}: {e}"))
 }
 
+/// A fjall error as an operator reads it: the operating system's words
+/// ("No space left on device (os error 28)") when the disk is the cause,
+/// fjall's own otherwise.
+fn storage_cause(e: &fjall::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) => io.to_string(),
+        None => e.to_string(),
+    }
+}
+
 impl RaftDb {
     pub fn open(dir: &Path, dek: DataKey) -> Result<Self, RaftDbError> {
         let failed = |reason: String| RaftDbError::Open {
@@ -353,7 +367,7 @@ impl RaftDb {
         self.inner
             .meta
             .insert(key, sealed)
-            .map_err(|e| db_error("writing", e))?;
+            .map_err(|e| db_error("writing", storage_cause(&e)))?;
         self.sync()
     }
 
@@ -361,7 +375,7 @@ impl RaftDb {
         self.inner
             .db
             .persist(PersistMode::SyncData)
-            .map_err(|e| db_error("syncing", e))
+            .map_err(|e| db_error("syncing", storage_cause(&e)))
     }
 
     /// The persisted snapshot: its meta and data (the serialized store).
@@ -389,7 +403,7 @@ impl RaftDb {
         );
         batch
             .commit()
-            .map_err(|e| db_error("writing the snapshot", e))?;
+            .map_err(|e| db_error("writing the snapshot", storage_cause(&e)))?;
         self.sync()
     }
 
@@ -441,7 +455,7 @@ impl RaftDb {
         }
         batch
             .commit()
-            .map_err(|e| db_error("deleting log entries", e))
+            .map_err(|e| db_error("deleting log entries", storage_cause(&e)))
     }
 }
 
@@ -510,7 +524,9 @@ impl Writer {
                 Job::Barrier(_) => {}
             }
         }
-        batch.commit().map_err(|e| format!("appending: {e}"))?;
+        batch
+            .commit()
+            .map_err(|e| format!("appending: {}", storage_cause(&e)))?;
         // The committed index alone need not be durable: one lost in a crash
         // is an older, still true one (raft learns the rest from the
         // leader), and the next append's sync covers it anyway. Skipping
@@ -520,7 +536,7 @@ impl Writer {
         if needs_sync {
             self.db
                 .persist(PersistMode::SyncData)
-                .map_err(|e| format!("syncing: {e}"))?;
+                .map_err(|e| format!("syncing: {}", storage_cause(&e)))?;
         }
         if let Some(index) = last_appended {
             self.cache.lock().written(index);
