@@ -577,9 +577,9 @@ pub fn build_test_images() -> Result<()> {
 }
 
 /// A filesystem of its own, small enough to fill: how tests make a disk
-/// full. A tmpfs is mounted over a directory (which needs root, as the
-/// network namespaces of other tests do) and lazily unmounted on drop, so
-/// that an agent still holding files there cannot keep it mounted.
+/// full. A tmpfs is mounted over a directory (which needs root, as CI and
+/// this machine's tests run) and lazily unmounted on drop, so that an
+/// agent still holding files there cannot keep it mounted.
 pub struct SmallDisk {
     path: PathBuf,
 }
