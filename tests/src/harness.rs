@@ -62,6 +62,28 @@ pub fn bin_dir() -> &'static Path {
         if release {
             build.arg("--release");
         }
+        // Cargo describes the test's own package to it in the environment
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…). Build scripts that watch
+        // those names (ring's does) would see them change from the
+        // developer's shell and rebuild, and the next plain build would
+        // rebuild again: 20 s at the start of every test run.
+        for (name, _) in std::env::vars_os() {
+            let describes_package = name.to_str().is_some_and(|name| {
+                [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+                    || name == "CARGO_PRIMARY_PACKAGE"
+                    || name == "CARGO_TARGET_TMPDIR"
+            });
+            if describes_package {
+                build.env_remove(&name);
+            }
+        }
         let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
