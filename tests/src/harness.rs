@@ -121,6 +121,9 @@ pub struct Agent {
     pub node_id: String,
     /// More `shoald` flags, e.g. `--metrics-addr`.
     pub extra_args: Vec<String>,
+    /// The network namespace the agent runs in, when its cluster has a
+    /// [`Network`] of its own.
+    pub netns: Option<String>,
 }
 
 impl Agent {
@@ -136,6 +139,7 @@ impl Agent {
             child: None,
             node_id: String::new(),
             extra_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -149,7 +153,16 @@ impl Agent {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut command = Command::new(shoald_path());
+        // `ip netns exec` enters the namespace and execs shoald: the pid
+        // stays the agent's.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(shoald_path());
+                command
+            }
+            None => Command::new(shoald_path()),
+        };
         // If the test process is killed (a timeout, Ctrl-C), its agents die
         // with it instead of running on unowned.
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
@@ -366,6 +379,8 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
 pub struct Cluster {
     pub agents: Vec<Agent>,
     pub executor: Executor,
+    /// Dropped after the agents are killed (fields drop after `drop`).
+    network: Option<Network>,
     dir: tempfile::TempDir,
 }
 
@@ -373,7 +388,19 @@ impl Cluster {
     /// Starts `managers` managers and `workers` workers and waits until
     /// every node is ready.
     pub fn start(managers: usize, workers: usize, executor: Executor) -> Result<Cluster> {
+        Cluster::form(Cluster::empty(executor)?, managers, workers)
+    }
+
+    /// As [`Cluster::start`], each agent in a network namespace of its own
+    /// wired to one switch, so that links can be cut: see
+    /// [`Cluster::cut_off`].
+    pub fn start_networked(managers: usize, workers: usize, executor: Executor) -> Result<Cluster> {
         let mut cluster = Cluster::empty(executor)?;
+        cluster.network = Some(Network::create()?);
+        Cluster::form(cluster, managers, workers)
+    }
+
+    fn form(mut cluster: Cluster, managers: usize, workers: usize) -> Result<Cluster> {
         for i in 1..=managers {
             cluster.add(&format!("m{i}"))?;
         }
@@ -412,6 +439,7 @@ impl Cluster {
         Ok(Cluster {
             agents: Vec::new(),
             executor,
+            network: None,
             dir,
         })
     }
@@ -423,6 +451,11 @@ impl Cluster {
     /// Creates and starts an agent (not joined).
     pub fn add(&mut self, name: &str) -> Result<&mut Agent> {
         let mut agent = Agent::new(self.dir.path(), name, self.executor);
+        if let Some(network) = &mut self.network {
+            let (netns, ip) = network.attach(name)?;
+            agent.netns = Some(netns);
+            agent.addr = format!("{ip}:4700");
+        }
         agent.start()?;
         self.agents.push(agent);
         Ok(self.agents.last_mut().expect("just pushed"))
@@ -535,6 +568,23 @@ impl Cluster {
                     .status();
             }
         }
+    }
+
+    /// Cuts the named agent's link to the switch: it runs on, hearing no
+    /// one and heard by no one (its control socket still answers).
+    pub fn cut_off(&self, name: &str) -> Result<()> {
+        self.network()?.set_link(name, "down")
+    }
+
+    /// Restores what [`Cluster::cut_off`] cut.
+    pub fn reconnect(&self, name: &str) -> Result<()> {
+        self.network()?.set_link(name, "up")
+    }
+
+    fn network(&self) -> Result<&Network> {
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("this cluster was not started with Cluster::start_networked"))
     }
 
     /// Prints every agent's log tail (for failing tests).
@@ -673,4 +723,102 @@ fn run_ok(command: &mut Command, what: &str) -> Result<()> {
         bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Network namespaces for a cluster's agents, each linked by a veth pair
+/// to a bridge in a switch namespace. Addresses are 10.77.0.N inside
+/// those namespaces only: nothing touches the host's own network, and
+/// deleting the namespaces (on drop) removes every link.
+pub struct Network {
+    prefix: String,
+    switch: String,
+    namespaces: Vec<String>,
+}
+
+impl Network {
+    pub fn create() -> Result<Network> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("shoal-test-{}-{n}", std::process::id());
+        let switch = format!("{prefix}-switch");
+        ip(&["netns", "add", &switch])?;
+        let network = Network {
+            prefix,
+            switch,
+            namespaces: Vec::new(),
+        };
+        ip(&[
+            "-n",
+            &network.switch,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+        ])?;
+        ip(&["-n", &network.switch, "link", "set", "br0", "up"])?;
+        Ok(network)
+    }
+
+    /// A namespace for agent `name`, linked to the switch; answers the
+    /// namespace and the agent's address.
+    fn attach(&mut self, name: &str) -> Result<(String, String)> {
+        let netns = format!("{}-{name}", self.prefix);
+        ip(&["netns", "add", &netns])?;
+        self.namespaces.push(netns.clone());
+        let address = format!("10.77.0.{}", self.namespaces.len() + 1);
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name,
+            "netns",
+            &self.switch,
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &self.switch, "link", "set", name, "master", "br0"])?;
+        ip(&["-n", &self.switch, "link", "set", name, "up"])?;
+        Ok((netns, address))
+    }
+
+    fn set_link(&self, name: &str, state: &str) -> Result<()> {
+        ip(&["-n", &self.switch, "link", "set", name, state])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for netns in self.namespaces.iter().chain([&self.switch]) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", netns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run_ok(
+        Command::new("ip").args(args),
+        &format!(
+            "ip {} (network namespaces need root and iproute2)",
+            args.join(" ")
+        ),
+    )
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use shoal_tests::{Cluster, Executor, SmallDisk, wait_until};
 
 fn hostnames(nodes: &[serde_json::Value]) -> Vec<String> {
@@ -497,5 +497,62 @@ fn a_manager_whose_disk_fills_stops_its_raft_says_why_and_recovers_after_a_resta
         Ok(is_reachable_manager(&cluster, "m3")?
             && m1_seen_from_m3[0]["spec"]["labels"]["while"] == "full")
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_partitioned_leader_takes_no_writes_and_rejoins_the_majority_without_a_split_brain()
+-> Result<()> {
+    let cluster = Cluster::start_networked(3, 0, Executor::Sim)?;
+    assert_eq!(cluster.leader()?, "m1");
+    let (m1, m2) = (cluster.agent("m1"), cluster.agent("m2"));
+
+    // m1 runs on, cut off from m2 and m3.
+    cluster.cut_off("m1")?;
+    let cut = Instant::now();
+    // The majority elects a leader of its own and takes writes.
+    wait_until(Duration::from_secs(10), || {
+        Ok(m2
+            .shoal(&["node", "update", "--label-add", "side=majority", "m2"])?
+            .status
+            .success())
+    })?;
+    eprintln!("majority writable {:?} after the cut", cut.elapsed());
+    // The old leader refuses writes instead of taking ones that could
+    // never commit, and says why.
+    let refused = wait_until(Duration::from_secs(10), || {
+        let out = m1.shoal(&["node", "update", "--label-add", "side=minority", "m1"])?;
+        Ok(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no leader"))
+    });
+    refused.context("the cut-off leader still takes writes")?;
+    let stale = m1.shoal(&["node", "ls"])?;
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("may be stale"),
+        "reads on the cut-off side are marked as possibly stale"
+    );
+
+    // Healed, m1 follows the new leader and has the majority's write; the
+    // write it refused never happened anywhere.
+    cluster.reconnect("m1")?;
+    wait_until(Duration::from_secs(30), || {
+        let nodes = m1.shoal_json(&["node", "ls"])?;
+        let m2_labels = m1.shoal_json(&["node", "inspect", "m2"])?[0]["spec"]["labels"].clone();
+        Ok(m2_labels["side"] == "majority"
+            && nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["hostname"] == "m1" && n["manager_status"] == "reachable"))
+    })?;
+    for agent in ["m1", "m2", "m3"] {
+        let m1_seen = cluster
+            .agent(agent)
+            .shoal_json(&["node", "inspect", "m1"])?;
+        assert_eq!(
+            m1_seen[0]["spec"]["labels"]["side"],
+            serde_json::Value::Null,
+            "on {agent}"
+        );
+    }
     Ok(())
 }
