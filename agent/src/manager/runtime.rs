@@ -251,6 +251,25 @@ impl ManagerRuntime {
         .await;
     }
 
+    /// Ends when raft names a leader other than `leader` (not while there
+    /// is none: an election may re-elect it).
+    async fn leader_moves_from(&self, leader: RaftId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics
+                .borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != leader)
+            {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // raft stopped: nothing will move; the forward decides.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }
@@ -430,7 +449,17 @@ impl ManagerRuntime {
                     else {
                         return Err(self.no_leader());
                     };
-                    let forwarded = self.forward(&member.addr, tx.clone()).await;
+                    // A leader cut off mid-call never answers (its packets
+                    // are lost, not refused): once raft names another
+                    // leader, the write goes there instead of waiting for
+                    // the connection to be declared dead.
+                    let forwarded = tokio::select! {
+                        forwarded = self.forward(&member.addr, tx.clone()) => forwarded,
+                        () = self.leader_moves_from(leader) => Err(ProposeError::Raft(format!(
+                            "the leader at {} was replaced while the write was on its way",
+                            member.addr
+                        ))),
+                    };
                     if let Ok(version) = forwarded {
                         // Read-your-writes: the caller reads this manager's
                         // store next, so answer once it has the write.
