@@ -255,6 +255,55 @@ fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()
 }
 
 #[test]
+fn a_cut_off_worker_keeps_its_containers_until_it_hears_they_were_replaced() -> Result<()> {
+    build_test_images()?;
+    let cluster = Cluster::start_networked(1, 2, Executor::Docker)?;
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        IMAGE,
+    ])?;
+    assert!(running_per_node(m1, "web")?.get("w1").copied().unwrap_or(0) > 0);
+    let w1_id = cluster.agent("w1").node_id.clone();
+    let on_w1 = || -> Result<usize> {
+        Ok(containers(&cluster, false)?
+            .into_iter()
+            .filter(|(_, node)| *node == w1_id)
+            .count())
+    };
+    let w1_before = on_w1()?;
+
+    // Cut off, w1 is marked down and its tasks are started elsewhere; its
+    // own containers run on meanwhile, as Swarm's do: it cannot know.
+    cluster.cut_off("w1")?;
+    wait_until(Duration::from_secs(30), || {
+        let per_node = running_per_node(m1, "web")?;
+        Ok(!per_node.contains_key("w1") && per_node.values().sum::<usize>() == 4)
+    })?;
+    assert_eq!(cluster.node_field("w1", "status")?, "down");
+    assert_eq!(
+        on_w1()?,
+        w1_before,
+        "a cut-off worker stops nothing by itself"
+    );
+
+    // Back in touch (the same process, its session resumed), it stops the
+    // replaced containers: four run in all, none of them twice.
+    cluster.reconnect("w1")?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(cluster.node_field("w1", "status")? == "ready" && on_w1()? == 0)
+    })?;
+    assert_eq!(containers(&cluster, false)?.len(), 4);
+    assert!(!running_per_node(m1, "web")?.contains_key("w1"));
+    Ok(())
+}
+
+#[test]
 fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -> Result<()> {
     build_test_images()?;
     let cluster = Cluster::start(1, 0, Executor::Docker)?;
