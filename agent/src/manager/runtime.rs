@@ -368,8 +368,6 @@ impl ManagerRuntime {
         self.timing.election_max_ms + self.timing.heartbeat_ms
     }
 
-    /// Whether writes can commit as far as this manager knows: there is a
-    /// leader, and if it is this manager, it still hears from a quorum.
     /// Why this manager's raft has stopped, if it has. raft stops for good
     /// when a write to its log or state machine fails (a full disk, a
     /// failing one); until the agent restarts, this manager takes no part
@@ -384,6 +382,9 @@ impl ManagerRuntime {
             .map(ToString::to_string)
     }
 
+    /// Whether writes can commit as far as this manager knows: its raft
+    /// runs, there is a leader, and if it is this manager, it still hears
+    /// from a quorum.
     pub fn has_working_leader(&self) -> bool {
         if self.raft_stopped().is_some() {
             return false;
