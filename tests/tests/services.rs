@@ -62,6 +62,22 @@ fn containers(cluster: &Cluster, all: bool) -> Result<Vec<(String, String)>> {
     Ok(found)
 }
 
+/// Running task containers of the node with `node_id`.
+fn containers_on(cluster: &Cluster, node_id: &str) -> Result<usize> {
+    Ok(containers(cluster, false)?
+        .into_iter()
+        .filter(|(_, node)| node == node_id)
+        .count())
+}
+
+/// Waits until all `replicas` of `service` run again, none on `lost`.
+fn wait_replaced(manager: &Agent, service: &str, lost: &str, replicas: usize) -> Result<()> {
+    wait_until(Duration::from_secs(30), || {
+        let per_node = running_per_node(manager, service)?;
+        Ok(!per_node.contains_key(lost) && per_node.values().sum::<usize>() == replicas)
+    })
+}
+
 #[test]
 fn six_replicas_spread_evenly_as_labelled_running_containers() -> Result<()> {
     build_test_images()?;
@@ -226,11 +242,7 @@ fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()
     assert!(before.get("w1").copied().unwrap_or(0) > 0, "{before:?}");
 
     cluster.agent_mut("w1").kill9();
-    let m1 = cluster.agent("m1");
-    wait_until(Duration::from_secs(30), || {
-        let per_node = running_per_node(m1, "web")?;
-        Ok(!per_node.contains_key("w1") && per_node.values().sum::<usize>() == 4)
-    })?;
+    wait_replaced(cluster.agent("m1"), "web", "w1", 4)?;
     let nodes = cluster.nodes()?;
     assert!(
         nodes
@@ -241,13 +253,9 @@ fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()
     // Back again: it stops what was replaced; tasks do not move back.
     cluster.agent_mut("w1").start()?;
     cluster.wait_ready(3)?;
-    let w1_id = cluster.agent("w1").node_id.clone();
+    let w1_id = &cluster.agent("w1").node_id;
     wait_until(Duration::from_secs(30), || {
-        let w1_running = containers(&cluster, false)?
-            .into_iter()
-            .filter(|(_, node)| *node == w1_id)
-            .count();
-        Ok(w1_running == 0)
+        Ok(containers_on(&cluster, w1_id)? == 0)
     })?;
     assert_eq!(containers(&cluster, false)?.len(), 4);
     assert!(!running_per_node(cluster.agent("m1"), "web")?.contains_key("w1"));
@@ -269,25 +277,16 @@ fn a_cut_off_worker_keeps_its_containers_until_it_hears_they_were_replaced() -> 
         IMAGE,
     ])?;
     assert!(running_per_node(m1, "web")?.get("w1").copied().unwrap_or(0) > 0);
-    let w1_id = cluster.agent("w1").node_id.clone();
-    let on_w1 = || -> Result<usize> {
-        Ok(containers(&cluster, false)?
-            .into_iter()
-            .filter(|(_, node)| *node == w1_id)
-            .count())
-    };
-    let w1_before = on_w1()?;
+    let w1_id = &cluster.agent("w1").node_id;
+    let w1_before = containers_on(&cluster, w1_id)?;
 
     // Cut off, w1 is marked down and its tasks are started elsewhere; its
     // own containers run on meanwhile, as Swarm's do: it cannot know.
     cluster.cut_off("w1")?;
-    wait_until(Duration::from_secs(30), || {
-        let per_node = running_per_node(m1, "web")?;
-        Ok(!per_node.contains_key("w1") && per_node.values().sum::<usize>() == 4)
-    })?;
+    wait_replaced(m1, "web", "w1", 4)?;
     assert_eq!(cluster.node_field("w1", "status")?, "down");
     assert_eq!(
-        on_w1()?,
+        containers_on(&cluster, w1_id)?,
         w1_before,
         "a cut-off worker stops nothing by itself"
     );
@@ -296,7 +295,7 @@ fn a_cut_off_worker_keeps_its_containers_until_it_hears_they_were_replaced() -> 
     // replaced containers: four run in all, none of them twice.
     cluster.reconnect("w1")?;
     wait_until(Duration::from_secs(30), || {
-        Ok(cluster.node_field("w1", "status")? == "ready" && on_w1()? == 0)
+        Ok(cluster.node_field("w1", "status")? == "ready" && containers_on(&cluster, w1_id)? == 0)
     })?;
     assert_eq!(containers(&cluster, false)?.len(), 4);
     assert!(!running_per_node(m1, "web")?.contains_key("w1"));
