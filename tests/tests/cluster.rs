@@ -556,3 +556,68 @@ fn a_partitioned_leader_takes_no_writes_and_rejoins_the_majority_without_a_split
     }
     Ok(())
 }
+
+#[test]
+fn a_leader_whose_disk_fills_gives_way_to_the_others() -> Result<()> {
+    let mut cluster = Cluster::start(3, 1, Executor::Sim)?;
+    // Every manager's data on a small disk of its own, so that whichever
+    // leads can be the one whose disk fills.
+    let mut disks = Vec::new();
+    for name in ["m1", "m2", "m3"] {
+        let agent = cluster.agent_mut(name);
+        agent.stop()?;
+        disks.push((
+            name,
+            SmallDisk::mount_over(&agent.data_dir, 32 * 1024 * 1024)?,
+        ));
+        agent.start()?;
+        wait_until(Duration::from_secs(30), || {
+            Ok(cluster.node_field(name, "role")? == "manager"
+                && ["reachable", "leader"]
+                    .contains(&cluster.node_field(name, "manager_status")?.as_str()))
+        })?;
+    }
+    let leader = cluster.leader()?;
+    let survivor = cluster.a_manager(&[&leader]).name.clone();
+    let (_, disk) = disks
+        .iter()
+        .find(|(name, _)| *name == leader)
+        .expect("the leader is a manager");
+    disk.fill()?;
+
+    // Writes go on through a survivor; the first one the leader must
+    // append stops its raft, and the others elect a leader of their own.
+    let full = cluster.agent(&leader);
+    let through = cluster.agent(&survivor);
+    let mut label = 0;
+    wait_until(Duration::from_secs(30), || {
+        label += 1;
+        let _ = through.shoal(&["node", "update", "--label-add", &format!("n={label}"), "w1"])?;
+        let message = full.shoal_json(&["info"])?["message"].to_string();
+        Ok(message.contains("raft has stopped"))
+    })?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(through
+            .shoal(&["node", "update", "--label-add", "after=full", "w1"])?
+            .status
+            .success())
+    })?;
+    wait_until(Duration::from_secs(30), || {
+        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
+        Ok(nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["hostname"] == leader.as_str() && n["manager_status"] == "unreachable"))
+    })?;
+    // The worker's session moved to the new leader: it is still ready.
+    wait_until(Duration::from_secs(30), || {
+        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
+        Ok(nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["hostname"] == "w1" && n["status"] == "ready"))
+    })?;
+    Ok(())
+}

@@ -368,18 +368,16 @@ impl ManagerRuntime {
         self.timing.election_max_ms + self.timing.heartbeat_ms
     }
 
-    /// Why this manager's raft has stopped, if it has. raft stops for good
-    /// when a write to its log or state machine fails (a full disk, a
+    /// Why this manager's raft has stopped, if it failed. raft stops for
+    /// good when a write to its log or state machine fails (a full disk, a
     /// failing one); until the agent restarts, this manager takes no part
-    /// in raft and says so instead of answering as if it did.
+    /// in raft and says so instead of answering as if it did. A raft shut
+    /// down on purpose (the agent stopping, the node leaving) is not a
+    /// failure.
     pub fn raft_stopped(&self) -> Option<String> {
         let metrics = self.raft.metrics();
         let running = metrics.borrow();
-        running
-            .running_state
-            .as_ref()
-            .err()
-            .map(ToString::to_string)
+        raft_failure(&running.running_state)
     }
 
     /// Whether writes can commit as far as this manager knows: its raft
@@ -713,6 +711,14 @@ async fn propose_on(proposals: &ProposalBatcher, tx: Transaction) -> Result<u64,
         .unwrap_or(Err(ProposeError::Timeout))
 }
 
+/// What made raft stop, unless it was shut down on purpose.
+fn raft_failure(running: &Result<(), openraft::error::Fatal<RaftId>>) -> Option<String> {
+    match running {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    }
+}
+
 /// Follows raft's view of leadership: runs the control loops while this
 /// manager leads, and announces leader changes.
 async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoops) {
@@ -721,8 +727,8 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
     let mut leading: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)> = None;
     loop {
         let snapshot = metrics.borrow().clone();
-        if let Err(fatal) = &snapshot.running_state {
-            tracing::error!("{}", super::raft_stopped_message(&fatal.to_string()));
+        if let Some(cause) = raft_failure(&snapshot.running_state) {
+            tracing::error!("{}", super::raft_stopped_message(&cause));
         }
         if snapshot.current_leader != current_leader {
             let name = |id: Option<RaftId>| {
