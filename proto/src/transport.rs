@@ -17,7 +17,7 @@ pub const OPERATOR_CA_FILE: &str = "ca.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot reach {target}: {}", cause(.source))]
+    #[error("cannot reach {target}: {}", innermost_cause(.source))]
     Connect {
         target: String,
         #[source]
@@ -50,14 +50,16 @@ pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, TransportEr
         .map_err(|source| TransportError::Connect { target, source })
 }
 
-/// What went wrong under a transport error, whose own text is only
-/// "transport error": the innermost cause, such as "Connection refused".
-fn cause(error: &tonic::transport::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
+/// The error at the bottom of `error`'s chain: what actually went wrong
+/// (say, "Connection refused" under tonic's bare "transport error").
+pub fn innermost_cause<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> &'e (dyn std::error::Error + 'static) {
+    let mut cause = error;
     while let Some(inner) = cause.source() {
         cause = inner;
     }
-    cause.to_string()
+    cause
 }
 
 fn tls_endpoint(addr: &str) -> Result<Endpoint, TransportError> {

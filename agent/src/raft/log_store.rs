@@ -234,11 +234,7 @@ fn db_error(what: &str, e: impl std::fmt::Display) -> DbError {
 /// ("No space left on device (os error 28)") when the disk is the cause,
 /// fjall's own otherwise.
 fn storage_cause(e: &fjall::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    match cause.downcast_ref::<std::io::Error>() {
+    match shoal_proto::transport::innermost_cause(e).downcast_ref::<std::io::Error>() {
         Some(io) => io.to_string(),
         None => e.to_string(),
     }
