@@ -235,25 +235,14 @@ impl ManagerRuntime {
     /// Waits (at most a few election timeouts) until raft names a leader
     /// other than `failed`.
     async fn wait_for_leader_other_than(&self, failed: RaftId) {
-        let mut metrics = self.raft.metrics();
         let limit = Duration::from_millis(self.timing.election_max_ms * 3);
-        let _ = tokio::time::timeout(limit, async {
-            loop {
-                let leader = metrics.borrow_and_update().current_leader;
-                if leader.is_some_and(|l| l != failed) {
-                    return;
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(limit, self.leader_moves_from(failed)).await;
     }
 
-    /// Ends when raft names a leader other than `leader` (not while there
-    /// is none: an election may re-elect it).
-    async fn leader_moves_from(&self, leader: RaftId) {
+    /// Waits until raft names a leader other than `leader` (not while there
+    /// is none: an election may re-elect it): true then, false if raft
+    /// stopped first.
+    async fn leader_moves_from(&self, leader: RaftId) -> bool {
         let mut metrics = self.raft.metrics();
         loop {
             if metrics
@@ -261,11 +250,10 @@ impl ManagerRuntime {
                 .current_leader
                 .is_some_and(|l| l != leader)
             {
-                return;
+                return true;
             }
             if metrics.changed().await.is_err() {
-                // raft stopped: nothing will move; the forward decides.
-                return std::future::pending().await;
+                return false;
             }
         }
     }
@@ -454,7 +442,13 @@ impl ManagerRuntime {
                     // the connection to be declared dead.
                     let forwarded = tokio::select! {
                         forwarded = self.forward(&member.addr, tx.clone()) => forwarded,
-                        () = self.leader_moves_from(leader) => Err(ProposeError::Raft(format!(
+                        () = async {
+                            if !self.leader_moves_from(leader).await {
+                                // raft stopped: nothing will move; the
+                                // forward decides.
+                                std::future::pending::<()>().await;
+                            }
+                        } => Err(ProposeError::Raft(format!(
                             "the leader at {} was replaced while the write was on its way",
                             member.addr
                         ))),
