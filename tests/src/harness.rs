@@ -280,6 +280,20 @@ impl Agent {
         serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
     }
 
+    /// A string field of `node ls --format json` (the documented shape)
+    /// for the node named `hostname`, as this agent lists it; empty when
+    /// the field is null.
+    pub fn node_field(&self, hostname: &str, field: &str) -> Result<String> {
+        let nodes = self.shoal_json(&["node", "ls"])?;
+        let node = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["hostname"] == hostname)
+            .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes}"))?;
+        Ok(node[field].as_str().unwrap_or_default().to_string())
+    }
+
     pub async fn control(&self) -> Result<ControlClient<Channel>> {
         let channel = shoal_proto::transport::connect_unix(&self.socket).await?;
         Ok(ControlClient::new(channel))
@@ -504,15 +518,9 @@ impl Cluster {
         Ok(value.as_array().cloned().unwrap_or_default())
     }
 
-    /// A string field of `node ls --format json` (the documented shape)
-    /// for the node named `hostname`; empty when the field is null.
+    /// [`Agent::node_field`] as a running manager lists it.
     pub fn node_field(&self, hostname: &str, field: &str) -> Result<String> {
-        let nodes = self.nodes()?;
-        let node = nodes
-            .iter()
-            .find(|n| n["hostname"] == hostname)
-            .ok_or_else(|| anyhow::anyhow!("no node {hostname} in {nodes:?}"))?;
-        Ok(node[field].as_str().unwrap_or_default().to_string())
+        self.a_manager(&[]).node_field(hostname, field)
     }
 
     /// Waits until `count` nodes report ready.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use shoal_tests::{Cluster, Executor, SmallDisk, wait_until};
+use shoal_tests::{Agent, Cluster, Executor, SmallDisk, wait_until};
 
 fn hostnames(nodes: &[serde_json::Value]) -> Vec<String> {
     let mut names: Vec<String> = nodes
@@ -98,11 +98,7 @@ fn killing_the_leader_keeps_the_cluster_writable_and_loses_nothing() -> Result<(
     // The killed manager comes back from its data directory.
     cluster.agent_mut(&leader).start()?;
     wait_until(Duration::from_secs(20), || {
-        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
-        Ok(nodes.as_array().into_iter().flatten().any(|n| {
-            n["hostname"] == leader.as_str()
-                && (n["manager_status"] == "reachable" || n["manager_status"] == "leader")
-        }))
+        is_raft_member(cluster.agent(&survivor), &leader)
     })?;
     // It has what was written before and while it was down.
     wait_until(Duration::from_secs(10), || {
@@ -207,6 +203,14 @@ fn is_reachable_manager(cluster: &Cluster, hostname: &str) -> Result<bool> {
         && cluster.node_field(hostname, "manager_status")? == "reachable")
 }
 
+/// Whether `asked` lists `hostname` as a manager taking part in raft
+/// (leading or reachable).
+fn is_raft_member(asked: &Agent, hostname: &str) -> Result<bool> {
+    Ok(asked.node_field(hostname, "role")? == "manager"
+        && ["reachable", "leader"]
+            .contains(&asked.node_field(hostname, "manager_status")?.as_str()))
+}
+
 #[test]
 fn a_worker_promoted_joins_raft_and_demoted_leaves_it() -> Result<()> {
     let cluster = Cluster::start(3, 1, Executor::Sim)?;
@@ -288,12 +292,10 @@ fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<
     // With one manager already gone, leaving would break quorum.
     cluster.agent_mut("m3").kill9();
     wait_until(Duration::from_secs(10), || {
-        let nodes = cluster.a_manager(&["m3"]).shoal_json(&["node", "ls"])?;
-        Ok(nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["hostname"] == "m3" && n["manager_status"] == "unreachable"))
+        Ok(cluster
+            .a_manager(&["m3"])
+            .node_field("m3", "manager_status")?
+            == "unreachable")
     })?;
     let out = cluster.agent("m2").shoal(&["swarm", "leave"])?;
     assert!(!out.status.success());
@@ -535,14 +537,11 @@ fn a_partitioned_leader_takes_no_writes_and_rejoins_the_majority_without_a_split
     // write it refused never happened anywhere.
     cluster.reconnect("m1")?;
     wait_until(Duration::from_secs(30), || {
-        let nodes = m1.shoal_json(&["node", "ls"])?;
         let m2_labels = m1.shoal_json(&["node", "inspect", "m2"])?[0]["spec"]["labels"].clone();
-        Ok(m2_labels["side"] == "majority"
-            && nodes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|n| n["hostname"] == "m1" && n["manager_status"] == "reachable"))
+        Ok(
+            m2_labels["side"] == "majority"
+                && m1.node_field("m1", "manager_status")? == "reachable",
+        )
     })?;
     for agent in ["m1", "m2", "m3"] {
         let m1_seen = cluster
@@ -572,9 +571,7 @@ fn a_leader_whose_disk_fills_gives_way_to_the_others() -> Result<()> {
         ));
         agent.start()?;
         wait_until(Duration::from_secs(30), || {
-            Ok(cluster.node_field(name, "role")? == "manager"
-                && ["reachable", "leader"]
-                    .contains(&cluster.node_field(name, "manager_status")?.as_str()))
+            is_raft_member(cluster.a_manager(&[]), name)
         })?;
     }
     let leader = cluster.leader()?;
@@ -603,21 +600,11 @@ fn a_leader_whose_disk_fills_gives_way_to_the_others() -> Result<()> {
             .success())
     })?;
     wait_until(Duration::from_secs(30), || {
-        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
-        Ok(nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["hostname"] == leader.as_str() && n["manager_status"] == "unreachable"))
+        Ok(through.node_field(&leader, "manager_status")? == "unreachable")
     })?;
     // The worker's session moved to the new leader: it is still ready.
     wait_until(Duration::from_secs(30), || {
-        let nodes = cluster.agent(&survivor).shoal_json(&["node", "ls"])?;
-        Ok(nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["hostname"] == "w1" && n["status"] == "ready"))
+        Ok(through.node_field("w1", "status")? == "ready")
     })?;
     Ok(())
 }

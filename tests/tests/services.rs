@@ -12,6 +12,22 @@ use shoal_tests::{Agent, Cluster, Executor, build_test_images, wait_until};
 
 const IMAGE: &str = "shoal-test/busybox:1";
 
+/// Creates `web`: `replicas` tasks of the test image, and waits, as the
+/// CLI does, until they run.
+fn create_web(manager: &Agent, replicas: usize) -> Result<()> {
+    let replicas = replicas.to_string();
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        &replicas,
+        IMAGE,
+    ])?;
+    Ok(())
+}
+
 fn tasks(manager: &Agent, service: &str) -> Result<Vec<Value>> {
     Ok(manager
         .shoal_json(&["service", "ps", service])?
@@ -83,15 +99,7 @@ fn six_replicas_spread_evenly_as_labelled_running_containers() -> Result<()> {
     build_test_images()?;
     let cluster = Cluster::start(1, 2, Executor::Docker)?;
     let m1 = cluster.agent("m1");
-    m1.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        IMAGE,
-    ])?;
+    create_web(m1, 6)?;
     let per_node = running_per_node(m1, "web")?;
     assert_eq!(
         per_node.values().copied().collect::<Vec<_>>(),
@@ -229,26 +237,13 @@ fn constraints_place_tasks_or_explain_why_they_wait() -> Result<()> {
 fn a_dead_workers_tasks_move_and_do_not_run_twice_when_it_returns() -> Result<()> {
     build_test_images()?;
     let mut cluster = Cluster::start(1, 2, Executor::Docker)?;
-    cluster.agent("m1").shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        IMAGE,
-    ])?;
+    create_web(cluster.agent("m1"), 4)?;
     let before = running_per_node(cluster.agent("m1"), "web")?;
     assert!(before.get("w1").copied().unwrap_or(0) > 0, "{before:?}");
 
     cluster.agent_mut("w1").kill9();
     wait_replaced(cluster.agent("m1"), "web", "w1", 4)?;
-    let nodes = cluster.nodes()?;
-    assert!(
-        nodes
-            .iter()
-            .any(|n| n["hostname"] == "w1" && n["status"] == "down")
-    );
+    assert_eq!(cluster.node_field("w1", "status")?, "down");
 
     // Back again: it stops what was replaced; tasks do not move back.
     cluster.agent_mut("w1").start()?;
@@ -267,15 +262,7 @@ fn a_cut_off_worker_keeps_its_containers_until_it_hears_they_were_replaced() -> 
     build_test_images()?;
     let cluster = Cluster::start_networked(1, 2, Executor::Docker)?;
     let m1 = cluster.agent("m1");
-    m1.shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        IMAGE,
-    ])?;
+    create_web(m1, 4)?;
     assert!(running_per_node(m1, "web")?.get("w1").copied().unwrap_or(0) > 0);
     let w1_id = &cluster.agent("w1").node_id;
     let w1_before = containers_on(&cluster, w1_id)?;
@@ -344,15 +331,7 @@ fn a_failing_container_is_restarted_and_its_history_is_kept_within_the_limit() -
 fn an_agent_stopped_by_sigterm_leaves_its_containers_running_and_adopts_them() -> Result<()> {
     build_test_images()?;
     let mut cluster = Cluster::start(1, 1, Executor::Docker)?;
-    cluster.agent("m1").shoal_ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        IMAGE,
-    ])?;
+    create_web(cluster.agent("m1"), 2)?;
     let before = containers(&cluster, false)?;
     let ids_before = tasks(cluster.agent("m1"), "web")?;
     // SIGTERM: the agent exits cleanly and its workloads keep running.
