@@ -387,9 +387,15 @@ pub enum Mode {
     UpdateForm(UpdateForm),
     Filter,
     Command(String),
-    Prompt { kind: PromptKind, input: String },
+    Prompt {
+        kind: PromptKind,
+        input: String,
+    },
     Confirm(Action),
-    Help,
+    /// The keys, over the view or over the inspect pane it returns to.
+    Help {
+        over: Option<Pane>,
+    },
 }
 
 /// How far back the logs view reaches: the stream is restarted with
@@ -766,7 +772,12 @@ impl App {
                 None
             }
             Mode::UpdateForm(form) => self.form_key(key, form),
-            Mode::Help => None,
+            Mode::Help { over } => {
+                if let Some(pane) = over {
+                    self.mode = Mode::Inspect(pane);
+                }
+                None
+            }
             Mode::Filter => {
                 match key.code {
                     KeyCode::Esc => self.filter.clear(),
@@ -903,7 +914,7 @@ impl App {
         }
         match command {
             Command::Quit => self.quit = true,
-            Command::Help => self.mode = Mode::Help,
+            Command::Help => self.mode = Mode::Help { over: None },
             Command::Filter => self.mode = Mode::Filter,
             Command::CommandLine => self.mode = Mode::Command(String::new()),
             Command::Back => {
@@ -1045,6 +1056,10 @@ impl App {
         } else {
             match self.keymap.command(&key, self.view) {
                 Some(Command::Back | Command::Quit) => return,
+                Some(Command::Help) => {
+                    self.mode = Mode::Help { over: Some(pane) };
+                    return;
+                }
                 Some(Command::Down) => pane.scroll += 1,
                 Some(Command::Up) => pane.scroll = pane.scroll.saturating_sub(1),
                 Some(Command::PageDown) => pane.scroll += page,

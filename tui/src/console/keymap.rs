@@ -728,6 +728,34 @@ impl Keymap {
         Some((keys.join(" "), names.join(" ")))
     }
 
+    /// The help screen's rows over the inspect pane: the moving commands
+    /// as bound, with what they do there, and the pane's own keys.
+    pub fn inspect_help(&self) -> Vec<(String, String)> {
+        let bound = |commands: &[Command]| {
+            commands
+                .iter()
+                .map(|c| self.keys_of(*c))
+                .filter(|keys| !keys.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        [
+            (bound(&[Command::Down]), "scroll down"),
+            (bound(&[Command::Up]), "scroll up"),
+            (bound(&[Command::PageDown]) + " Space", "a screenful down"),
+            (bound(&[Command::PageUp]), "a screenful up"),
+            (bound(&[Command::First]), "top"),
+            (bound(&[Command::Last]), "end"),
+            ("y".to_string(), "JSON (as the CLI prints it) or pretty"),
+            (bound(&[Command::Back, Command::Quit]), "close the pane"),
+            (bound(&[Command::Help]), "this help"),
+        ]
+        .into_iter()
+        .map(|(keys, what)| (keys.trim().to_string(), what.to_string()))
+        .filter(|(keys, _)| !keys.is_empty())
+        .collect()
+    }
+
     /// The help screen's rows for `view`, beside [`Keymap::view_keys`]:
     /// keys, what they do. Commands left without a key are left out.
     pub fn help(&self, view: View) -> Vec<(String, String)> {

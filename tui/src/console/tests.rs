@@ -845,6 +845,36 @@ fn the_inspect_pane_scrolls_no_further_than_its_last_screenful() {
 }
 
 #[test]
+fn help_over_the_inspect_pane_lists_its_keys_and_returns_to_it() {
+    let model = model_to_inspect();
+    let mut app = App::default();
+    app.on_key(key(KeyCode::Char('i')), &model);
+    app.on_key(key(KeyCode::Char('G')), &model);
+    let pane = app.mode.clone();
+    assert!(screen(&app, &model).contains("? keys"));
+
+    app.on_key(key(KeyCode::Char('?')), &model);
+    let text = screen(&app, &model);
+    assert!(text.contains("Keys in the inspect pane"), "{text}");
+    for (keys, what) in app.keymap.inspect_help() {
+        assert!(
+            text.contains(&format!("{keys} ")),
+            "{keys} at 80x24:\n{text}"
+        );
+        assert!(text.contains(&what), "{what} at 80x24:\n{text}");
+    }
+    assert!(
+        text.contains("JSON (as the CLI prints it) or pretty"),
+        "{text}"
+    );
+    insta::assert_snapshot!("help_over_inspect_80x24", text);
+
+    // Any key closes the help and leaves the pane where it was.
+    app.on_key(key(KeyCode::Char('x')), &model);
+    assert_eq!(app.mode, pane);
+}
+
+#[test]
 fn an_inspected_object_that_goes_away_says_so() {
     let mut model = model_to_inspect();
     let mut app = App::default();

@@ -77,15 +77,15 @@ pub fn render(frame: &mut Frame, app: &App, model: &Model, theme: &Theme, now_ms
         View::Logs => render_logs(frame, body, app, model, theme),
         View::Problems => render_problems(frame, body, app, model, theme),
     }
-    if let Mode::Inspect(pane) = &app.mode {
+    if let Mode::Inspect(pane) | Mode::Help { over: Some(pane) } = &app.mode {
         render_inspect(frame, body, pane, model, theme, now_ms);
     }
     render_footer(frame, footer, app, model, theme);
     if let Mode::UpdateForm(form) = &app.mode {
         render_update_form(frame, area, form, model, theme);
     }
-    if app.mode == Mode::Help {
-        render_help(frame, area, app, theme);
+    if let Mode::Help { over } = &app.mode {
+        render_help(frame, area, app, theme, over.is_some());
     }
 }
 
@@ -991,8 +991,8 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
         _ if matches!(app.mode, Mode::UpdateForm(_)) => {
             "Tab/↑↓ field  ←/→ choose  Enter update  Esc cancel".to_string()
         }
-        _ if matches!(app.mode, Mode::Inspect(_)) => {
-            "j/k scroll  g/G top/end  PgUp/PgDn page  y JSON/pretty  Esc back".to_string()
+        _ if matches!(app.mode, Mode::Inspect(_) | Mode::Help { over: Some(_) }) => {
+            inspect_hints(app)
         }
         view => hints(app, view),
     };
@@ -1179,21 +1179,56 @@ fn hints(app: &App, view: View) -> String {
         ],
     };
     main.iter()
-        .filter_map(|(command, label)| {
-            // The first key is enough of a reminder; ? lists them all.
-            let keys = app.keymap.keys_of(*command);
-            let key = keys.split(' ').next().filter(|k| !k.is_empty())?;
-            Some(format!("{key} {label}"))
-        })
+        .filter_map(|(command, label)| Some(format!("{} {label}", first_key(app, *command)?)))
         .collect::<Vec<_>>()
         .join("  ")
 }
 
+/// A command's first key: enough of a reminder in the footer, where
+/// space is short; the help lists them all.
+fn first_key(app: &App, command: Command) -> Option<String> {
+    let keys = app.keymap.keys_of(command);
+    keys.split(' ')
+        .next()
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+/// The inspect pane's footer, from the keymap like the views' (a pair
+/// of commands shares one label: "j/k scroll").
+fn inspect_hints(app: &App) -> String {
+    let pairs: [(Command, Option<Command>, &str); 5] = [
+        (Command::Down, Some(Command::Up), "scroll"),
+        (Command::First, Some(Command::Last), "top/end"),
+        (Command::PageUp, Some(Command::PageDown), "page"),
+        (Command::Back, None, "back"),
+        (Command::Help, None, "keys"),
+    ];
+    let mut hints: Vec<String> = pairs
+        .iter()
+        .filter_map(|(one, other, label)| {
+            let keys = match other.and_then(|other| first_key(app, other)) {
+                Some(second) => format!("{}/{second}", first_key(app, *one)?),
+                None => first_key(app, *one)?,
+            };
+            Some(format!("{keys} {label}"))
+        })
+        .collect();
+    hints.insert(hints.len().saturating_sub(2), "y JSON/pretty".to_string());
+    hints.join("  ")
+}
+
 /// The keys of the current view, from the keymap, in two columns when
 /// the terminal is narrow, under one line of the keys that switch views.
-fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let view_keys = app.keymap.view_keys();
-    let entries = app.keymap.help(app.view);
+fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, over_inspect: bool) {
+    let (view_keys, entries, place) = match over_inspect {
+        true => (None, app.keymap.inspect_help(), "the inspect pane"),
+        false => (
+            app.keymap.view_keys(),
+            app.keymap.help(app.view),
+            app.view.name(),
+        ),
+    };
     let first_line = u16::from(view_keys.is_some());
     let columns = if area.height as usize >= entries.len() + first_line as usize + 4 {
         1
@@ -1243,8 +1278,7 @@ fn render_help(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .borders(Borders::ALL)
         .border_style(theme.border)
         .title(format!(
-            "Keys in {} (any key closes; rebind in console.toml [keys])",
-            app.view.name()
+            "Keys in {place} (any key closes; rebind in console.toml [keys])"
         ));
     let inner = block.inner(popup);
     let [views_area, keys_area] =
