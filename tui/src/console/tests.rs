@@ -341,7 +341,11 @@ fn scaling_asks_for_a_number_and_sends_it() {
     let model = model();
     let mut app = App::default();
     assert_eq!(app.on_key(key(KeyCode::Char('s')), &model), None);
-    // The prompt starts with the current count.
+    // The prompt names the service and starts with the current count;
+    // the key line says what Enter and Esc do now.
+    let prompt = screen(&app, &model);
+    assert!(prompt.contains("scale web to replicas: 2"), "{prompt}");
+    assert!(prompt.contains("Enter apply  Esc cancel"), "{prompt}");
     app.on_key(key(KeyCode::Backspace), &model);
     type_text(&mut app, &model, "5");
     let action = app.on_key(key(KeyCode::Enter), &model);

@@ -971,7 +971,12 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
             PromptKind::Scale { services } if services.len() > 1 => {
                 format!("replicas for {} services: {input}", services.len())
             }
-            PromptKind::Scale { .. } => format!("replicas: {input}"),
+            PromptKind::Scale { services } => format!(
+                "scale {} to replicas: {input}",
+                services
+                    .first()
+                    .map_or_else(String::new, |id| model.service_name(id))
+            ),
             PromptKind::UnlockKey => format!("unlock key: {}", "*".repeat(input.chars().count())),
         }),
         Mode::Confirm(action) => Line::from(Span::styled(
@@ -994,6 +999,13 @@ fn render_footer(frame: &mut Frame, area: Rect, app: &App, model: &Model, theme:
         _ if matches!(app.mode, Mode::Inspect(_) | Mode::Help { over: Some(_) }) => {
             inspect_hints(app)
         }
+        // Enter and Esc mean something else while a line is being typed
+        // or an answer awaited: the views' keys would mislead.
+        _ if matches!(app.mode, Mode::Prompt { .. } | Mode::Command(_)) => {
+            "Enter apply  Esc cancel".to_string()
+        }
+        _ if matches!(app.mode, Mode::Filter) => "Enter keep filter  Esc clear".to_string(),
+        _ if matches!(app.mode, Mode::Confirm(_)) => "y confirm  any other key cancels".to_string(),
         view => hints(app, view),
     };
     frame.render_widget(Paragraph::new(hints).style(theme.dim), keys);
