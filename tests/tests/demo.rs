@@ -9,22 +9,41 @@ use anyhow::{Context, Result, bail};
 use shoal_tests::harness::{shoal_path, wait_until};
 use shoal_tests::terminal::Terminal;
 
-/// What `demo.json` says about the cluster.
+/// The demo's agents and nodes: the `shoald` processes whose data
+/// directories are in the demo's, and the node ids `demo.json` keeps.
 struct Recorded {
     pids: Vec<u32>,
     node_ids: Vec<String>,
 }
 
+/// Running `shoald` processes with data in `dir`, with their arguments.
+fn agents_in(dir: &Path) -> Vec<(u32, Vec<String>)> {
+    let inside = format!("{}/", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_alive(*pid))
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let ours = args.first().is_some_and(|a| a.ends_with("shoald"))
+                && args.iter().any(|a| a.starts_with(&inside));
+            ours.then_some((pid, args))
+        })
+        .collect()
+}
+
 fn recorded(dir: &Path) -> Result<Recorded> {
     let text = std::fs::read_to_string(dir.join("demo.json"))?;
     let state: serde_json::Value = serde_json::from_str(&text)?;
-    let pids = state["agents"]
-        .as_array()
-        .context("agents")?
-        .iter()
-        .filter_map(|a| a["pid"].as_u64())
-        .filter_map(|p| u32::try_from(p).ok())
-        .collect();
+    let pids = agents_in(dir).into_iter().map(|(pid, _)| pid).collect();
     let node_ids = state["node_ids"]
         .as_array()
         .context("node_ids")?
@@ -204,8 +223,34 @@ fn a_detached_demo_keeps_running_until_demo_down() -> Result<()> {
     assert!(again.contains("already running"), "{again}");
     assert!(again.contains("shoal demo down"), "{again}");
 
+    // An agent restarted by hand has a pid the demo never saw; `down`
+    // still stops it before deleting its data.
+    let (m2, args) = agents_in(&dir)
+        .into_iter()
+        .find(|(_, args)| {
+            args.windows(2)
+                .any(|w| w[0] == "--hostname" && w[1] == "m2")
+        })
+        .context("agent m2 is not running")?;
+    Command::new("kill")
+        .args(["-9", &m2.to_string()])
+        .status()?;
+    wait_until(Duration::from_secs(10), || Ok(!is_alive(m2)))?;
+    let mut restarted = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut recorded = recorded;
+    recorded.pids.push(restarted.id());
+    wait_until(Duration::from_secs(30), || Ok(ready_nodes(&dir)? == 5))?;
+
     let down = shoal(&["demo", "down"])?;
-    assert!(down.contains("Demo cluster removed"), "{down}");
+    assert!(
+        down.contains("Demo cluster removed: 5 agents stopped"),
+        "{down}"
+    );
+    restarted.wait()?;
     assert_nothing_left(&dir, &recorded)?;
     let nothing = shoal(&["demo", "down"])
         .err()

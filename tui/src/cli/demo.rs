@@ -97,14 +97,7 @@ impl DemoExecutor {
 #[derive(Default, Serialize, Deserialize)]
 struct DemoState {
     executor: Option<DemoExecutor>,
-    agents: Vec<AgentRecord>,
     node_ids: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AgentRecord {
-    name: String,
-    pid: u32,
 }
 
 fn default_dir() -> PathBuf {
@@ -205,8 +198,8 @@ fn print_attach(dir: &Path, explicit: &Option<PathBuf>) {
 /// clears what a crashed demo left.
 async fn claim_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.join(STATE_FILE).exists() {
-        let state = read_state(dir)?;
-        if state.agents.iter().any(|a| is_our_agent(a.pid, dir)) {
+        read_state(dir)?;
+        if !running_agents(dir).is_empty() {
             bail!(
                 "a demo cluster is already running in {}: attach with 'shoal --socket {}', or \
                  remove it with 'shoal demo down' (add --dir {} if you chose the directory)",
@@ -449,14 +442,9 @@ async fn form_cluster(dir: &Path, shoald: &Path, executor: DemoExecutor) -> anyh
         executor.flag(),
         dir.display()
     );
+    write_state(dir, &state)?;
     for name in &names {
-        let pid = spawn_agent(dir, shoald, name, executor)?;
-        state.agents.push(AgentRecord {
-            name: name.to_string(),
-            pid,
-        });
-        // Recorded at once: if anything below fails, teardown finds it.
-        write_state(dir, &state)?;
+        spawn_agent(dir, shoald, name, executor)?;
     }
     for name in &names {
         wait_for_socket(dir, name).await?;
@@ -579,14 +567,14 @@ fn spawn_agent(
     shoald: &Path,
     name: &str,
     executor: DemoExecutor,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<()> {
     let home = dir.join(name);
     std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
     let log_path = home.join("shoald.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let stderr = log.try_clone()?;
-    let child = std::process::Command::new(shoald)
+    std::process::Command::new(shoald)
         .arg("--data-dir")
         .arg(home.join("data"))
         .arg("--socket")
@@ -606,7 +594,7 @@ fn spawn_agent(
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", shoald.display()))?;
-    Ok(child.id())
+    Ok(())
 }
 
 async fn wait_for_socket(dir: &Path, name: &str) -> anyhow::Result<()> {
@@ -663,13 +651,51 @@ async fn wait_for_ready_nodes(
     )
 }
 
-/// Whether `pid` is still one of this demo's agents: the pid may have been
-/// reused since, and only our own processes are ever signalled.
+/// A demo agent that is running.
+struct RunningAgent {
+    pid: u32,
+    /// Its `--hostname`, or its pid when it has none.
+    name: String,
+}
+
+/// The demo's agents that are running, found by their command lines
+/// rather than by the pids the demo started: an operator may have
+/// restarted one by hand, and it must be stopped before its data
+/// directory goes.
+fn running_agents(dir: &Path) -> Vec<RunningAgent> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| is_our_agent(*pid, dir))
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let name = args
+                .iter()
+                .position(|arg| arg == "--hostname")
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+                .unwrap_or_else(|| pid.to_string());
+            RunningAgent { pid, name }
+        })
+        .collect()
+}
+
+/// Whether `pid` is a running `shoald` of the demo in `dir`: named so on
+/// its command line, data directory inside `dir`. Only such processes
+/// are ever signalled.
 fn is_our_agent(pid: u32, dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let cmdline = String::from_utf8_lossy(&cmdline);
+    let inside = format!("{}/", dir.to_string_lossy().trim_end_matches('/'));
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -677,7 +703,7 @@ fn is_our_agent(pid: u32, dir: &Path) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false);
-    !zombie && cmdline.contains("shoald") && cmdline.contains(&*dir.to_string_lossy())
+    !zombie && cmdline.contains("shoald") && cmdline.contains(&inside)
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {
@@ -694,11 +720,7 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
 /// that outlived them removed, and the directory deleted.
 async fn teardown(dir: &Path) -> anyhow::Result<()> {
     let state = read_state(dir)?;
-    let running: Vec<&AgentRecord> = state
-        .agents
-        .iter()
-        .filter(|a| is_our_agent(a.pid, dir))
-        .collect();
+    let running = running_agents(dir);
     if !running.is_empty() {
         println!("Stopping the demo cluster in {}...", dir.display());
         remove_services(dir).await;
