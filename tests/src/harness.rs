@@ -449,7 +449,10 @@ impl Cluster {
 
     /// Agents created but not started or joined.
     pub fn empty(executor: Executor) -> Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
+        sweep_killed_runs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", run_prefix()))
+            .tempdir()?;
         Ok(Cluster {
             agents: Vec::new(),
             executor,
@@ -553,28 +556,7 @@ impl Cluster {
             return;
         }
         for agent in &self.agents {
-            if agent.node_id.is_empty() {
-                continue;
-            }
-            let filter = format!("label=com.shoal.node.id={}", agent.node_id);
-            let Ok(out) = Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output()
-            else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            remove_containers_of(&agent.node_id);
         }
     }
 
@@ -654,6 +636,96 @@ pub fn build_test_images() -> Result<()> {
         })
         .clone()
         .map_err(|e| anyhow!(e))
+}
+
+/// Removes the task containers of node `node_id`.
+fn remove_containers_of(node_id: &str) {
+    if node_id.is_empty() {
+        return;
+    }
+    let filter = format!("label=com.shoal.node.id={node_id}");
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &filter])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// What names this test process's directories and network namespaces:
+/// `shoal-test-<pid>`, so that a later run can tell a killed run's
+/// leftovers from a live one's.
+fn run_prefix() -> String {
+    format!("shoal-test-{}", std::process::id())
+}
+
+/// Whether `name` (`shoal-test-<pid>-…`) belongs to a test process that is
+/// gone. Names of live processes, and any other names, are left alone.
+fn of_a_killed_run(name: &str) -> bool {
+    name.strip_prefix("shoal-test-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Cleans up after test processes that were killed before their clusters
+/// were dropped (SIGKILL, a timeout): their agents died with them, but
+/// network namespaces, tmpfs mounts, task processes and containers, and
+/// directories outlive them. Once per test process, before its first
+/// cluster.
+fn sweep_killed_runs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        if let Ok(namespaces) = std::fs::read_dir("/run/netns") {
+            for netns in namespaces.flatten() {
+                let name = netns.file_name().to_string_lossy().into_owned();
+                if of_a_killed_run(&name) {
+                    let _ = Command::new("ip")
+                        .args(["netns", "del", &name])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for entry in entries.flatten() {
+            if !of_a_killed_run(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let root = entry.path();
+            let inside = format!("{}/", root.display());
+            for mount_point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+                if mount_point.starts_with(&inside) {
+                    let _ = Command::new("umount")
+                        .args(["--lazy", mount_point])
+                        .status();
+                }
+            }
+            for agent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let data = shoal_agent::node::state::DataDir::new(agent.path().join("data"));
+                shoal_agent::worker::executor::process::kill_left_processes(&data.root);
+                if let Ok(Some(membership)) = data.load_membership() {
+                    remove_containers_of(&membership.node_id);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&root);
+        }
+    });
 }
 
 /// A filesystem of its own, small enough to fill: how tests make a disk
@@ -747,7 +819,8 @@ impl Network {
     pub fn create() -> Result<Network> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("shoal-test-{}-{n}", std::process::id());
+        sweep_killed_runs();
+        let prefix = format!("{}-{n}", run_prefix());
         let switch = format!("{prefix}-switch");
         ip(&["netns", "add", &switch])?;
         let network = Network {
