@@ -257,6 +257,14 @@ impl Agent {
             .with_context(|| format!("running shoal {}", args.join(" ")))
     }
 
+    /// Whether a write through this agent is accepted now: label `label`
+    /// (`key=value`) added to node `node`. What the tests wait for after a
+    /// fault.
+    pub fn accepts_write(&self, label: &str, node: &str) -> Result<bool> {
+        let out = self.shoal(&["node", "update", "--label-add", label, node])?;
+        Ok(out.status.success())
+    }
+
     /// Runs `shoal`, failing with its stderr when it fails.
     pub fn shoal_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.shoal(args)?;

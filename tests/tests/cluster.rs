@@ -83,11 +83,7 @@ fn killing_the_leader_keeps_the_cluster_writable_and_loses_nothing() -> Result<(
     let survivor = cluster.a_manager(&[&leader]).name.clone();
     let started = Instant::now();
     wait_until(Duration::from_secs(2), || {
-        Ok(cluster
-            .agent(&survivor)
-            .shoal(&["node", "update", "--label-add", "after=kill", "m2"])?
-            .status
-            .success())
+        cluster.agent(&survivor).accepts_write("after=kill", "m2")
     })?;
     let took = started.elapsed();
     assert!(
@@ -339,10 +335,7 @@ fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<
         &m1.addr,
     ])?;
     wait_until(Duration::from_secs(10), || {
-        Ok(m1
-            .shoal(&["node", "update", "--label-add", "after=recovery", "m1"])?
-            .status
-            .success())
+        m1.accepts_write("after=recovery", "m1")
     })?;
     let node = m1.shoal_json(&["node", "inspect", "m1"])?;
     assert_eq!(node[0]["spec"]["labels"]["keep"], "me");
@@ -514,10 +507,7 @@ fn a_partitioned_leader_takes_no_writes_and_rejoins_the_majority_without_a_split
     let cut = Instant::now();
     // The majority elects a leader of its own and takes writes.
     wait_until(Duration::from_secs(10), || {
-        Ok(m2
-            .shoal(&["node", "update", "--label-add", "side=majority", "m2"])?
-            .status
-            .success())
+        m2.accepts_write("side=majority", "m2")
     })?;
     eprintln!("majority writable {:?} after the cut", cut.elapsed());
     // The old leader refuses writes instead of taking ones that could
@@ -589,15 +579,12 @@ fn a_leader_whose_disk_fills_gives_way_to_the_others() -> Result<()> {
     let mut label = 0;
     wait_until(Duration::from_secs(30), || {
         label += 1;
-        let _ = through.shoal(&["node", "update", "--label-add", &format!("n={label}"), "w1"])?;
+        through.accepts_write(&format!("n={label}"), "w1")?;
         let message = full.shoal_json(&["info"])?["message"].to_string();
         Ok(message.contains("raft has stopped"))
     })?;
     wait_until(Duration::from_secs(30), || {
-        Ok(through
-            .shoal(&["node", "update", "--label-add", "after=full", "w1"])?
-            .status
-            .success())
+        through.accepts_write("after=full", "w1")
     })?;
     wait_until(Duration::from_secs(30), || {
         Ok(through.node_field(&leader, "manager_status")? == "unreachable")
