@@ -1209,25 +1209,25 @@ fn first_key(app: &App, command: Command) -> Option<String> {
 /// The inspect pane's footer, from the keymap like the views' (a pair
 /// of commands shares one label: "j/k scroll").
 fn inspect_hints(app: &App) -> String {
-    let pairs: [(Command, Option<Command>, &str); 5] = [
-        (Command::Down, Some(Command::Up), "scroll"),
-        (Command::First, Some(Command::Last), "top/end"),
-        (Command::PageUp, Some(Command::PageDown), "page"),
-        (Command::Back, None, "back"),
-        (Command::Help, None, "keys"),
-    ];
-    let mut hints: Vec<String> = pairs
-        .iter()
-        .filter_map(|(one, other, label)| {
-            let keys = match other.and_then(|other| first_key(app, other)) {
-                Some(second) => format!("{}/{second}", first_key(app, *one)?),
-                None => first_key(app, *one)?,
-            };
-            Some(format!("{keys} {label}"))
+    let keys = |one: Command, other: Option<Command>| -> Option<String> {
+        let first = first_key(app, one)?;
+        Some(match other.and_then(|other| first_key(app, other)) {
+            Some(second) => format!("{first}/{second}"),
+            None => first,
         })
-        .collect();
-    hints.insert(hints.len().saturating_sub(2), "y JSON/pretty".to_string());
-    hints.join("  ")
+    };
+    [
+        keys(Command::Down, Some(Command::Up)).map(|k| format!("{k} scroll")),
+        keys(Command::First, Some(Command::Last)).map(|k| format!("{k} top/end")),
+        keys(Command::PageUp, Some(Command::PageDown)).map(|k| format!("{k} page")),
+        Some("y JSON/pretty".to_string()),
+        keys(Command::Back, None).map(|k| format!("{k} back")),
+        keys(Command::Help, None).map(|k| format!("{k} keys")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("  ")
 }
 
 /// The keys of the current view, from the keymap, in two columns when
