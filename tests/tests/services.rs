@@ -143,6 +143,39 @@ fn a_global_service_follows_the_nodes() -> Result<()> {
     wait_until(Duration::from_secs(30), || {
         Ok(running_per_node(m1, "agent")?.len() == 2)
     })?;
+    // A replica count means nothing to it: asked for one, every way is
+    // refused rather than ignored.
+    for (args, says) in [
+        (
+            &[
+                "service",
+                "create",
+                "--mode",
+                "global",
+                "--replicas",
+                "2",
+                "--name",
+                "g",
+                "img",
+            ][..],
+            "--replicas does not apply",
+        ),
+        (
+            &["service", "scale", "agent=3"][..],
+            "service agent is global",
+        ),
+        (
+            &["service", "update", "--detach", "--replicas", "3", "agent"][..],
+            "service agent is global: it runs one task per node",
+        ),
+    ] {
+        let out = m1.shoal(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
 
     // A node that joins gets one.
     let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;

@@ -680,9 +680,6 @@ impl Control for ControlService {
         if spec.name.is_empty() {
             spec.name = validate::random_service_name();
         }
-        if spec.mode == ServiceMode::Global {
-            spec.replicas = 0;
-        }
         validate::service_spec(&spec).map_err(Status::invalid_argument)?;
         let now = now_ms();
         let service = Service {
@@ -784,9 +781,6 @@ impl Control for ControlService {
                             "service {} cannot be renamed",
                             service.spec.name
                         )));
-                    }
-                    if spec.mode == ServiceMode::Global {
-                        spec.replicas = 0;
                     }
                     validate::service_spec(&spec).map_err(Status::invalid_argument)?;
                     let paused =

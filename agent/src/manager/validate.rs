@@ -98,7 +98,10 @@ pub fn service_spec(spec: &ServiceSpec) -> Result<(), String> {
         }
     }
     if spec.mode == ServiceMode::Global && spec.replicas != 0 {
-        return Err("a global service runs one task per node: --replicas does not apply".into());
+        return Err(format!(
+            "service {} is global: it runs one task per node, so it takes no replica count",
+            spec.name
+        ));
     }
     if spec.replicas > 1_000_000 {
         return Err(format!(

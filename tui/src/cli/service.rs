@@ -198,14 +198,21 @@ pub struct CreateArgs {
 impl CreateArgs {
     /// The spec `service create` sends for these flags.
     pub fn to_spec(&self) -> anyhow::Result<pb::ServiceSpec> {
+        let global = self.mode == "global";
+        if global && self.spec.replicas.is_some() {
+            anyhow::bail!(
+                "a global service runs one task per node: --replicas does not apply (leave it \
+                 out, or use --mode replicated)"
+            );
+        }
         let mut spec = pb::ServiceSpec {
             name: self.name.clone().unwrap_or_default(),
-            mode: if self.mode == "global" {
+            mode: if global {
                 pb::ServiceMode::Global as i32
             } else {
                 pb::ServiceMode::Replicated as i32
             },
-            replicas: 1,
+            replicas: if global { 0 } else { 1 },
             update: Some(shoal_proto::defaults::update_config()),
             rollback: Some(shoal_proto::defaults::update_config()),
             task: Some(pb::TaskSpec {
@@ -758,7 +765,10 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                 })?;
                 let result = change_service(&mut client, target, name, |spec| {
                     if spec.mode == pb::ServiceMode::Global as i32 {
-                        anyhow::bail!("{name}: scale can only be used with replicated mode");
+                        anyhow::bail!(
+                            "service {name} is global: it runs one task per node, so it cannot \
+                             be scaled"
+                        );
                     }
                     spec.replicas = replicas;
                     Ok(())

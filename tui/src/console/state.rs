@@ -334,6 +334,15 @@ impl Model {
         self.events.truncate(EVENTS_KEPT);
     }
 
+    /// Whether the service runs one task per node (and so has no replica
+    /// count to scale).
+    pub fn service_is_global(&self, service_id: &str) -> bool {
+        self.services
+            .get(service_id)
+            .and_then(|s| s.spec.as_ref())
+            .is_some_and(|s| s.mode == pb::ServiceMode::Global as i32)
+    }
+
     /// A service's name, or its id once it is gone.
     pub fn service_name(&self, service_id: &str) -> String {
         self.services

@@ -368,6 +368,26 @@ fn scaling_asks_for_a_number_and_sends_it() {
 }
 
 #[test]
+fn a_global_service_is_not_offered_a_replica_count() {
+    let mut model = model();
+    if let Some(spec) = model
+        .services
+        .get_mut("svc-web")
+        .and_then(|s| s.spec.as_mut())
+    {
+        spec.mode = pb::ServiceMode::Global as i32;
+    }
+    let mut app = App::default();
+    assert_eq!(app.on_key(key(KeyCode::Char('s')), &model), None);
+    assert_eq!(app.mode, Mode::Normal, "no prompt opens");
+    let text = screen(&app, &model);
+    assert!(
+        text.contains("web is global (one task per node): only replicated services scale"),
+        "{text}"
+    );
+}
+
+#[test]
 fn destructive_actions_wait_for_a_yes() {
     let model = model();
     let mut app = App::default();
