@@ -89,6 +89,14 @@ fn every_line_of_every_replica_arrives_in_order_with_its_task() -> Result<()> {
     assert!(per_task(&since).is_empty(), "{since}");
     let recent = per_task(&m1.shoal_ok(&["service", "logs", "--since", "10m", "counter"])?);
     assert_eq!(recent.values().map(Vec::len).sum::<usize>(), 600);
+
+    // A name that is neither a service nor a task says both were tried.
+    let unknown = m1.shoal(&["service", "logs", "countr"])?;
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && stderr.contains("no service or task named \"countr\""),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -329,11 +329,18 @@ async fn logs(client: &mut Client, target: &Target, args: LogsArgs) -> anyhow::R
         },
         options: Some(options),
     };
-    let mut stream = client
-        .logs(request)
-        .await
-        .map_err(|s| rpc_error(target, s))?
-        .into_inner();
+    let mut stream = match client.logs(request).await {
+        Ok(stream) => stream.into_inner(),
+        // Neither a service nor a task: say both were looked for.
+        Err(status) if !is_service && status.code() == tonic::Code::NotFound => {
+            anyhow::bail!(
+                "no service or task named {:?}: 'shoal service ls' lists the services, 'shoal \
+                 service ps SERVICE' a service's tasks",
+                args.target
+            )
+        }
+        Err(status) => return Err(rpc_error(target, status)),
+    };
     let mut task_names: std::collections::HashMap<String, String> = Default::default();
     let mut node_names: std::collections::HashMap<String, String> = Default::default();
     let stdout = std::io::stdout();
