@@ -269,6 +269,25 @@ fn a_manager_that_missed_its_demotion_and_promotion_joins_raft_again() -> Result
 }
 
 #[test]
+fn a_manager_leaves_and_is_told_what_the_swarm_can_still_lose() -> Result<()> {
+    let cluster = Cluster::start(3, 0, Executor::Sim)?;
+    // Two of three keep a quorum: allowed without --force, with the cost.
+    let out = cluster.agent("m3").shoal_ok(&["swarm", "leave"])?;
+    assert!(out.contains("Node left the swarm."), "{out}");
+    assert!(
+        out.contains("2 managers left and cannot lose another"),
+        "{out}"
+    );
+    let m1 = cluster.agent("m1");
+    wait_until(Duration::from_secs(10), || {
+        Ok(m1.shoal_json(&["info"])?["managers"] == 2)
+    })?;
+    assert!(!is_raft_member(m1, "m3")?);
+    assert!(m1.accepts_write("after=leave", "m1")?);
+    Ok(())
+}
+
+#[test]
 fn quorum_rules_are_enforced_and_a_survivor_can_force_a_new_cluster() -> Result<()> {
     let cluster = Cluster::start(1, 1, Executor::Sim)?;
     // The last manager cannot be demoted.

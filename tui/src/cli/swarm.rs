@@ -235,11 +235,22 @@ pub async fn run(target: &Target, command: SwarmCommand) -> anyhow::Result<()> {
             println!("    {}\n", join_command(&token, &response.manager_addrs));
         }
         SwarmCommand::Leave { force } => {
+            // Read first: once this node has left, it knows no managers.
+            let before = client.info(pb::InfoRequest {}).await.ok();
             client
                 .swarm_leave(pb::SwarmLeaveRequest { force })
                 .await
                 .map_err(rpc)?;
             println!("Node left the swarm.");
+            if let Some(info) = before.map(tonic::Response::into_inner)
+                && info.role == pb::NodeRole::Manager as i32
+                && info.managers > 1
+            {
+                println!(
+                    "{}",
+                    managers_left(info.managers - 1, info.reachable_managers.saturating_sub(1))
+                );
+            }
         }
         SwarmCommand::Unlock => {
             let key = read_unlock_key()?;
@@ -379,4 +390,45 @@ fn write_credentials(
 pub(crate) fn join_command(token: &str, manager_addrs: &[String]) -> String {
     let addr = manager_addrs.first().map_or("MANAGER_ADDR", String::as_str);
     format!("shoal swarm join --token {token} {addr}")
+}
+
+/// What the swarm can still lose once a manager has left it: `left`
+/// managers, `reachable` of them answering.
+fn managers_left(left: u32, reachable: u32) -> String {
+    let quorum = left / 2 + 1;
+    let plural = |n: u32| if n == 1 { "manager" } else { "managers" };
+    match reachable.checked_sub(quorum) {
+        Some(0) => format!(
+            "The swarm has {left} {} left and cannot lose another without losing its quorum: \
+             promote a worker ('shoal node promote NODE') to make it fault tolerant again.",
+            plural(left)
+        ),
+        Some(spare) => format!(
+            "The swarm has {left} {} left and can lose {spare} more.",
+            plural(left)
+        ),
+        None => format!(
+            "The swarm has {left} {} left, {reachable} reachable: it has no quorum; bring \
+             managers back or run 'shoal swarm init --force-new-cluster' on a survivor.",
+            plural(left)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_leaving_manager_is_told_what_the_swarm_can_still_lose() {
+        let text = super::managers_left(2, 2);
+        assert!(
+            text.contains("2 managers left and cannot lose another"),
+            "{text}"
+        );
+        assert!(text.contains("shoal node promote"), "{text}");
+        assert_eq!(
+            super::managers_left(4, 4),
+            "The swarm has 4 managers left and can lose 1 more."
+        );
+        assert!(super::managers_left(2, 1).contains("no quorum"));
+    }
 }
