@@ -367,14 +367,18 @@ fn scaling_asks_for_a_number_and_sends_it() {
     );
 }
 
-#[test]
-fn a_global_service_is_not_offered_a_replica_count() {
-    let mut model = model();
-    if let Some(spec) = model
+/// The test model's `web` service spec, to change for one test.
+fn web_spec(model: &mut Model) -> Option<&mut pb::ServiceSpec> {
+    model
         .services
         .get_mut("svc-web")
         .and_then(|s| s.spec.as_mut())
-    {
+}
+
+#[test]
+fn a_global_service_is_not_offered_a_replica_count() {
+    let mut model = model();
+    if let Some(spec) = web_spec(&mut model) {
         spec.mode = pb::ServiceMode::Global as i32;
     }
     let mut app = App::default();
@@ -947,11 +951,7 @@ fn u_opens_an_update_form_filled_from_the_service() {
 #[test]
 fn a_service_without_an_update_config_starts_from_swarms_defaults() {
     let mut model = model();
-    if let Some(spec) = model
-        .services
-        .get_mut("svc-web")
-        .and_then(|s| s.spec.as_mut())
-    {
+    if let Some(spec) = web_spec(&mut model) {
         spec.update = None;
     }
     let mut app = App::default();
