@@ -67,6 +67,29 @@ fn three_managers_and_two_workers_form_and_every_manager_agrees() -> Result<()> 
         table.lines().any(|l| l.contains(" *") && l.contains("m2")),
         "{table}"
     );
+    // Docker's filters: values of one key are alternatives, keys combine.
+    let m1 = cluster.agent("m1");
+    m1.shoal_ok(&["node", "update", "--label-add", "zone=b", "w2"])?;
+    let listed = |filters: &[&str]| -> Result<Vec<String>> {
+        let mut args = vec!["node", "ls"];
+        for filter in filters {
+            args.extend(["--filter", filter]);
+        }
+        let nodes = m1.shoal_json(&args)?;
+        Ok(hostnames(nodes.as_array().map_or(&[][..], Vec::as_slice)))
+    };
+    assert_eq!(listed(&["role=manager"])?, ["m1", "m2", "m3"]);
+    assert_eq!(listed(&["role=worker", "name=m", "name=w1"])?, ["w1"]);
+    assert_eq!(listed(&["node.label=zone"])?, ["w2"]);
+    assert_eq!(listed(&["node.label=zone=a"])?, Vec::<String>::new());
+    let quiet = m1.shoal_ok(&["node", "ls", "-q", "--filter", "role=worker"])?;
+    assert_eq!(quiet.lines().count(), 2, "{quiet}");
+    let bad = m1.shoal(&["node", "ls", "--filter", "rol=manager"])?;
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("KEY one of id, name, role"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -176,6 +176,22 @@ fn a_global_service_follows_the_nodes() -> Result<()> {
             "{args:?}: {stderr}"
         );
     }
+    m1.shoal_ok(&["service", "create", "--detach", "--name", "web", "img"])?;
+    let global = m1.shoal_ok(&["service", "ls", "--filter", "mode=global"])?;
+    assert!(
+        global.contains("agent") && !global.contains("web"),
+        "{global}"
+    );
+    let named = m1.shoal_ok(&[
+        "service",
+        "ls",
+        "-q",
+        "-f",
+        "name=we",
+        "-f",
+        "mode=replicated",
+    ])?;
+    assert_eq!(named.lines().count(), 1, "{named}");
 
     // A node that joins gets one.
     let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use shoal_proto::v1 as pb;
 
 use super::output::{
-    Format, Table, ago, availability_name, capitalize, key_value, manager_status_name,
-    node_state_name, print_json, role_name, short, warn_if_stale,
+    Filters, Format, Table, ago, availability_name, capitalize, has_label, key_value,
+    manager_status_name, node_state_name, print_json, role_name, short, warn_if_stale,
 };
 use super::{Target, rpc_error, written_error};
 use crate::fresh::write_fresh;
@@ -23,6 +23,11 @@ pub enum NodeCommand {
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// id=PREFIX, name=HOSTNAME-PREFIX, role=manager|worker,
+        /// node.label=KEY[=VALUE], label=KEY[=VALUE] (engine labels),
+        /// membership=accepted; repeatable.
+        #[arg(long = "filter", short = 'f')]
+        filters: Vec<String>,
     },
     /// Show nodes in detail (JSON unless --pretty).
     Inspect {
@@ -84,7 +89,15 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
     let mut client = target.connect().await?;
     let rpc = |s| rpc_error(target, s);
     match command {
-        NodeCommand::Ls { quiet, format } => {
+        NodeCommand::Ls {
+            quiet,
+            format,
+            filters,
+        } => {
+            let filters = Filters::parse(
+                &filters,
+                &["id", "name", "role", "node.label", "label", "membership"],
+            )?;
             let local = client
                 .info(pb::InfoRequest {})
                 .await
@@ -97,7 +110,11 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
                 .map_err(rpc)?
                 .into_inner();
             warn_if_stale(response.read.as_ref());
-            let nodes = response.nodes;
+            let nodes: Vec<pb::Node> = response
+                .nodes
+                .into_iter()
+                .filter(|node| node_passes(node, &filters))
+                .collect();
             if quiet {
                 for node in &nodes {
                     println!("{}", id_of(node));
@@ -404,6 +421,19 @@ fn status_of(node: &pb::Node) -> pb::NodeStatus {
 }
 
 /// The shape of `node ls --format json`.
+/// Whether `node` passes `node ls`'s filters.
+fn node_passes(node: &pb::Node, filters: &Filters) -> bool {
+    let description = node.description.clone().unwrap_or_default();
+    filters.allow("id", |prefix| id_of(node).starts_with(prefix))
+        && filters.allow("name", |prefix| description.hostname.starts_with(prefix))
+        && filters.allow("role", |role| role_name(node.role) == role)
+        && filters.allow("node.label", |label| has_label(&spec_of(node).labels, label))
+        && filters.allow("label", |label| has_label(&description.engine_labels, label))
+        // Every node in the store has been accepted: there is no pending
+        // state to filter for.
+        && filters.allow("membership", |membership| membership == "accepted")
+}
+
 fn node_summary(node: &pb::Node) -> Value {
     let description = node.description.clone().unwrap_or_default();
     json!({

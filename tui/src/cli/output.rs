@@ -194,6 +194,50 @@ pub fn warn_if_stale(read: Option<&pb::ReadInfo>) {
     }
 }
 
+/// `--filter KEY=VALUE` options as Docker reads them: values of one key
+/// are alternatives, different keys must all match.
+#[derive(Debug, Default)]
+pub struct Filters {
+    by_key: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Filters {
+    /// Reads `items`, refusing a key not in `keys` or an item without `=`.
+    pub fn parse(items: &[String], keys: &[&str]) -> anyhow::Result<Filters> {
+        let mut filters = Filters::default();
+        for item in items {
+            match item.split_once('=') {
+                Some((key, value)) if keys.contains(&key) => filters
+                    .by_key
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(value.to_string()),
+                _ => anyhow::bail!(
+                    "invalid filter {item:?}: use KEY=VALUE with KEY one of {}",
+                    keys.join(", ")
+                ),
+            }
+        }
+        Ok(filters)
+    }
+
+    /// Whether the object passes the filters on `key`: true when none was
+    /// given, else when `test` accepts one of their values.
+    pub fn allow(&self, key: &str, test: impl Fn(&str) -> bool) -> bool {
+        self.by_key
+            .get(key)
+            .is_none_or(|values| values.iter().any(|v| test(v)))
+    }
+}
+
+/// Docker's label filter: `KEY` wants the label, `KEY=VALUE` that value.
+pub fn has_label(labels: &std::collections::HashMap<String, String>, filter: &str) -> bool {
+    match filter.split_once('=') {
+        Some((key, value)) => labels.get(key).is_some_and(|v| v == value),
+        None => labels.contains_key(filter),
+    }
+}
+
 /// Parses `K=V` (or `K` meaning an empty value).
 pub fn key_value(text: &str) -> (String, String) {
     match text.split_once('=') {
@@ -233,6 +277,30 @@ pub fn slot_key(task: &pb::Task) -> (u64, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_of_one_key_are_alternatives_and_keys_combine() -> anyhow::Result<()> {
+        let items = ["role=worker", "name=a", "name=b"].map(String::from);
+        let filters = Filters::parse(&items, &["role", "name", "label"])?;
+        let passes = |role: &str, name: &str| {
+            filters.allow("role", |r| r == role)
+                && filters.allow("name", |prefix| name.starts_with(prefix))
+                && filters.allow("label", |_| false)
+        };
+        assert!(passes("worker", "a1") && passes("worker", "b1"));
+        assert!(!passes("manager", "a1") && !passes("worker", "c1"));
+        let unknown = Filters::parse(&["zone=a".to_string()], &["role"]);
+        assert!(unknown.is_err_and(|e| e.to_string().contains("KEY one of role")));
+        assert!(Filters::parse(&["role".to_string()], &["role"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_label_filter_wants_the_key_or_the_key_and_value() {
+        let labels = std::collections::HashMap::from([("zone".to_string(), "a".to_string())]);
+        assert!(has_label(&labels, "zone") && has_label(&labels, "zone=a"));
+        assert!(!has_label(&labels, "zone=b") && !has_label(&labels, "disk"));
+    }
 
     #[test]
     fn tables_align_on_the_widest_cell() {

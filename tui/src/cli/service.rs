@@ -12,8 +12,8 @@ use shoal_proto::v1::control_client::ControlClient;
 use tonic::transport::Channel;
 
 use super::output::{
-    Format, Table, ago, health_name, key_value, parse_duration, print_json, short, slot_key,
-    task_state_name, update_state_name, warn_if_stale,
+    Filters, Format, Table, ago, has_label, health_name, key_value, parse_duration, print_json,
+    short, slot_key, task_state_name, update_state_name, warn_if_stale,
 };
 use super::{Target, rpc_error, written_error};
 use crate::fresh::write_fresh;
@@ -31,6 +31,10 @@ pub enum ServiceCommand {
         quiet: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// id=PREFIX, name=PREFIX, label=KEY[=VALUE],
+        /// mode=replicated|global; repeatable.
+        #[arg(long = "filter", short = 'f')]
+        filters: Vec<String>,
     },
     /// List a service's tasks, with their history.
     Ps {
@@ -627,13 +631,25 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
                 converge(&mut client, target, &id, false).await?;
             }
         }
-        ServiceCommand::Ls { quiet, format } => {
-            let response = client
+        ServiceCommand::Ls {
+            quiet,
+            format,
+            filters,
+        } => {
+            let filters = Filters::parse(&filters, &["id", "name", "label", "mode"])?;
+            let mut response = client
                 .list_services(pb::ListServicesRequest::default())
                 .await
                 .map_err(rpc)?
                 .into_inner();
             warn_if_stale(response.read.as_ref());
+            response.services.retain(|service| {
+                let spec = service.spec.clone().unwrap_or_default();
+                filters.allow("id", |prefix| service_id(service).starts_with(prefix))
+                    && filters.allow("name", |prefix| spec.name.starts_with(prefix))
+                    && filters.allow("label", |label| has_label(&spec.labels, label))
+                    && filters.allow("mode", |mode| mode_name(&spec) == mode)
+            });
             if quiet {
                 for s in &response.services {
                     println!("{}", service_id(s));
