@@ -217,6 +217,22 @@ fn a_global_service_follows_the_nodes() -> Result<()> {
         let per_node = running_per_node(m1, "agent")?;
         Ok(!per_node.contains_key("w1") && per_node.len() == 2)
     })?;
+    // Its task history stays, told apart by desired state.
+    let desired_states = |filter: &str| -> Result<Vec<String>> {
+        let tasks = m1.shoal_json(&["node", "ps", "--filter", filter, "w1"])?;
+        Ok(tasks
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|t| t["desired_state"].as_str().unwrap_or_default().to_string())
+            .collect())
+    };
+    assert!(desired_states("desired-state=running")?.is_empty());
+    let shut_down = desired_states("desired-state=shutdown")?;
+    assert!(
+        !shut_down.is_empty() && shut_down.iter().all(|s| s == "shutdown" || s == "remove"),
+        "{shut_down:?}"
+    );
     Ok(())
 }
 

@@ -67,6 +67,9 @@ pub enum NodeCommand {
         /// Do not truncate ids and errors.
         #[arg(long)]
         no_trunc: bool,
+        /// desired-state=running|shutdown; repeatable.
+        #[arg(long = "filter", short = 'f')]
+        filters: Vec<String>,
         #[arg(required = true)]
         nodes: Vec<String>,
     },
@@ -265,16 +268,14 @@ pub async fn run(target: &Target, command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Ps {
             format,
             no_trunc,
+            filters,
             nodes,
         } => {
-            let response = client
-                .list_tasks(pb::ListTasksRequest {
-                    nodes,
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let query = pb::ListTasksRequest {
+                nodes,
+                ..super::service::task_query(&filters, &["desired-state"])?
+            };
+            let response = client.list_tasks(query).await.map_err(rpc)?.into_inner();
             warn_if_stale(response.read.as_ref());
             super::service::print_tasks(response.tasks, format, no_trunc)?;
         }

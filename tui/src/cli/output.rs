@@ -221,6 +221,11 @@ impl Filters {
         Ok(filters)
     }
 
+    /// The values given for `key`, in order.
+    pub fn values(&self, key: &str) -> &[String] {
+        self.by_key.get(key).map_or(&[], Vec::as_slice)
+    }
+
     /// Whether the object passes the filters on `key`: true when none was
     /// given, else when `test` accepts one of their values.
     pub fn allow(&self, key: &str, test: impl Fn(&str) -> bool) -> bool {

@@ -687,33 +687,11 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
             filters,
             services,
         } => {
-            let mut desired_states = Vec::new();
-            let mut nodes = Vec::new();
-            for filter in &filters {
-                match filter.split_once('=') {
-                    Some(("desired-state", "running")) => {
-                        desired_states.push(pb::TaskState::Running as i32)
-                    }
-                    Some(("desired-state", "shutdown")) => {
-                        desired_states.push(pb::TaskState::Shutdown as i32);
-                        desired_states.push(pb::TaskState::Remove as i32);
-                    }
-                    Some(("node", node)) => nodes.push(node.to_string()),
-                    _ => anyhow::bail!(
-                        "invalid filter {filter:?}: use desired-state=running|shutdown or node=NAME"
-                    ),
-                }
-            }
-            let response = client
-                .list_tasks(pb::ListTasksRequest {
-                    services,
-                    nodes,
-                    desired_states,
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let query = pb::ListTasksRequest {
+                services,
+                ..task_query(&filters, &["desired-state", "node"])?
+            };
+            let response = client.list_tasks(query).await.map_err(rpc)?.into_inner();
             warn_if_stale(response.read.as_ref());
             print_tasks(response.tasks, format, no_trunc)?;
         }
@@ -920,6 +898,26 @@ fn spec_name(service: &pb::Service) -> String {
         .as_ref()
         .map(|s| s.name.clone())
         .unwrap_or_default()
+}
+
+/// The task query `ps --filter` asks for: `desired-state=running|shutdown`
+/// and `node=NODE`, as far as `keys` allows them.
+pub fn task_query(filters: &[String], keys: &[&str]) -> anyhow::Result<pb::ListTasksRequest> {
+    let filters = Filters::parse(filters, keys)?;
+    let mut query = pb::ListTasksRequest {
+        nodes: filters.values("node").to_vec(),
+        ..Default::default()
+    };
+    for state in filters.values("desired-state") {
+        match state.as_str() {
+            "running" => query.desired_states.push(pb::TaskState::Running as i32),
+            "shutdown" => query
+                .desired_states
+                .extend([pb::TaskState::Shutdown as i32, pb::TaskState::Remove as i32]),
+            other => anyhow::bail!("invalid desired-state {other:?}: use running or shutdown"),
+        }
+    }
+    Ok(query)
 }
 
 fn mode_name(spec: &pb::ServiceSpec) -> &'static str {
