@@ -21,6 +21,10 @@ use tonic::transport::Channel;
 /// default.
 pub const DEFAULT_SOCKET: &str = "/var/run/shoal/shoald.sock";
 
+/// Where every command's help lists the options that apply to all of
+/// them, apart from the command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
@@ -29,20 +33,26 @@ pub const DEFAULT_SOCKET: &str = "/var/run/shoal/shoald.sock";
 )]
 pub struct Cli {
     /// The local agent's control socket.
-    #[arg(long, global = true, env = "SHOAL_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_SOCKET",
+        default_value = DEFAULT_SOCKET,
+        help_heading = GLOBAL
+    )]
     socket: PathBuf,
     /// Reach a manager over TCP (HOST:PORT) with operator credentials
     /// instead of the local socket.
-    #[arg(long, global = true, env = "SHOAL_HOST")]
+    #[arg(long, global = true, env = "SHOAL_HOST", help_heading = GLOBAL)]
     host: Option<String>,
     /// Directory holding the operator credentials (cert.pem, key.pem,
     /// ca.pem) used with --host.
-    #[arg(long, global = true, env = "SHOAL_TLS_DIR")]
+    #[arg(long, global = true, env = "SHOAL_TLS_DIR", help_heading = GLOBAL)]
     tls_dir: Option<PathBuf>,
     /// The console's colour theme: default, light, high-contrast,
     /// solarized, mono, or a theme file (also SHOAL_THEME, or `theme` in
     /// ~/.config/shoal/console.toml).
-    #[arg(long, global = true, value_name = "NAME|FILE")]
+    #[arg(long, global = true, value_name = "NAME|FILE", help_heading = GLOBAL)]
     theme: Option<String>,
     /// With no command, the interactive console opens.
     #[command(subcommand)]

@@ -107,15 +107,19 @@ pub struct SpecArgs {
     /// Spread over a node label: spread=node.labels.zone; repeatable.
     #[arg(long = "placement-pref")]
     placement_prefs: Vec<String>,
+    /// Tasks of this service one node may run at most (0 = no limit).
     #[arg(long)]
     replicas_max_per_node: Option<u64>,
     /// Override the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
+    /// Working directory inside the task.
     #[arg(long)]
     workdir: Option<String>,
+    /// User (name or uid[:gid]) the task runs as.
     #[arg(long, short = 'u')]
     user: Option<String>,
+    /// How long a stopping task has before it is killed (e.g. 10s).
     #[arg(long, value_parser = parse_duration)]
     stop_grace_period: Option<Duration>,
     /// CPUs reserved per task (e.g. 0.5).
@@ -124,53 +128,73 @@ pub struct SpecArgs {
     /// Memory reserved per task (e.g. 64M).
     #[arg(long, value_parser = parse_bytes)]
     reserve_memory: Option<i64>,
+    /// CPUs a task may use at most (e.g. 1.5).
     #[arg(long)]
     limit_cpu: Option<f64>,
+    /// Memory a task may use at most (e.g. 256M).
     #[arg(long, value_parser = parse_bytes)]
     limit_memory: Option<i64>,
     /// When to restart tasks: any, on-failure, none.
     #[arg(long, value_parser = ["any", "on-failure", "none"])]
     restart_condition: Option<String>,
+    /// Wait between a task's end and its restart (default 5s).
     #[arg(long, value_parser = parse_duration)]
     restart_delay: Option<Duration>,
+    /// Restarts allowed within the window before giving up (0 = no limit).
     #[arg(long)]
     restart_max_attempts: Option<u64>,
+    /// Window over which restart attempts are counted (0 = forever).
     #[arg(long, value_parser = parse_duration)]
     restart_window: Option<Duration>,
     /// Tasks updated at once (0 = all).
     #[arg(long)]
     update_parallelism: Option<u64>,
+    /// Wait between update batches.
     #[arg(long, value_parser = parse_duration)]
     update_delay: Option<Duration>,
+    /// What a failed update does (default pause).
     #[arg(long, value_parser = ["pause", "continue", "rollback"])]
     update_failure_action: Option<String>,
+    /// How long a replaced task must keep running to count as updated (default 5s).
     #[arg(long, value_parser = parse_duration)]
     update_monitor: Option<Duration>,
+    /// Share of tasks that may fail before the failure action applies (0 to 1).
     #[arg(long)]
     update_max_failure_ratio: Option<f32>,
+    /// Stop the old task before starting its replacement, or the reverse.
     #[arg(long, value_parser = ["stop-first", "start-first"])]
     update_order: Option<String>,
+    /// Tasks rolled back at once (0 = all).
     #[arg(long)]
     rollback_parallelism: Option<u64>,
+    /// Wait between rollback batches.
     #[arg(long, value_parser = parse_duration)]
     rollback_delay: Option<Duration>,
+    /// What a failed rollback does (default pause).
     #[arg(long, value_parser = ["pause", "continue"])]
     rollback_failure_action: Option<String>,
+    /// How long a rolled-back task must keep running to count (default 5s).
     #[arg(long, value_parser = parse_duration)]
     rollback_monitor: Option<Duration>,
+    /// Share of tasks that may fail during a rollback (0 to 1).
     #[arg(long)]
     rollback_max_failure_ratio: Option<f32>,
+    /// Order of stop and start during a rollback.
     #[arg(long, value_parser = ["stop-first", "start-first"])]
     rollback_order: Option<String>,
     /// Health check command, run with sh -c.
     #[arg(long)]
     health_cmd: Option<String>,
+    /// Time between health checks (default 30s).
     #[arg(long, value_parser = parse_duration)]
     health_interval: Option<Duration>,
+    /// How long one check may take (default 30s).
     #[arg(long, value_parser = parse_duration)]
     health_timeout: Option<Duration>,
+    /// Failed checks in a row that make a task unhealthy (default 3).
     #[arg(long)]
     health_retries: Option<u32>,
+    /// Grace period after start during which failed checks do not count.
     #[arg(long, value_parser = parse_duration)]
     health_start_period: Option<Duration>,
     /// Ignore the image's HEALTHCHECK.
@@ -186,6 +210,7 @@ pub struct SpecArgs {
 
 #[derive(Args)]
 pub struct CreateArgs {
+    /// The service's name (default: a generated one).
     #[arg(long)]
     name: Option<String>,
     /// replicated or global.
@@ -238,6 +263,7 @@ impl CreateArgs {
 
 #[derive(Args)]
 pub struct UpdateArgs {
+    /// Run tasks from this image.
     #[arg(long)]
     image: Option<String>,
     /// Replace the arguments (space separated).
@@ -246,13 +272,16 @@ pub struct UpdateArgs {
     /// Add or change an environment variable (KEY=VALUE); repeatable.
     #[arg(long = "env-add")]
     env_add: Vec<String>,
+    /// Remove an environment variable (KEY); repeatable.
     #[arg(long = "env-rm")]
     env_rm: Vec<String>,
     /// Add a placement constraint; repeatable.
     #[arg(long = "constraint-add")]
     constraint_add: Vec<String>,
+    /// Remove a placement constraint (as written when added); repeatable.
     #[arg(long = "constraint-rm")]
     constraint_rm: Vec<String>,
+    /// Remove a service label (KEY); repeatable.
     #[arg(long = "label-rm")]
     label_rm: Vec<String>,
     /// Replace tasks even if nothing changed.
