@@ -20,6 +20,7 @@ pub struct EventsArgs {
     /// type=node|service|task|cluster, or service=NAME; repeatable.
     #[arg(long = "filter")]
     filters: Vec<String>,
+    /// table for reading, json for scripts.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }

@@ -8,6 +8,7 @@ use super::{Target, rpc_error};
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
+    /// table for reading, json for scripts.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }

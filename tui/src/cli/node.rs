@@ -21,6 +21,7 @@ pub enum NodeCommand {
         /// Only ids.
         #[arg(long, short)]
         quiet: bool,
+        /// table for reading, json for scripts.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
         /// id=PREFIX, name=HOSTNAME-PREFIX, role=manager|worker,
@@ -31,6 +32,7 @@ pub enum NodeCommand {
     },
     /// Show nodes in detail (JSON unless --pretty).
     Inspect {
+        /// Human-readable instead of JSON.
         #[arg(long)]
         pretty: bool,
         /// json (the default) or table (same as --pretty).
@@ -62,6 +64,7 @@ pub enum NodeCommand {
     },
     /// List the tasks on a node.
     Ps {
+        /// table for reading, json for scripts.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
         /// Do not truncate ids and errors.
@@ -77,6 +80,8 @@ pub enum NodeCommand {
 
 #[derive(Args)]
 pub struct UpdateArgs {
+    /// active: takes tasks; pause: keeps its tasks, takes no new ones;
+    /// drain: its tasks move elsewhere.
     #[arg(long, value_parser = ["active", "pause", "drain"])]
     availability: Option<String>,
     /// Add or change a label (KEY=VALUE); repeatable.

@@ -27,8 +27,10 @@ pub enum ServiceCommand {
     /// List services.
     #[command(alias = "list")]
     Ls {
+        /// Only ids.
         #[arg(long, short)]
         quiet: bool,
+        /// table for reading, json for scripts.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
         /// id=PREFIX, name=PREFIX, label=KEY[=VALUE],
@@ -38,6 +40,7 @@ pub enum ServiceCommand {
     },
     /// List a service's tasks, with their history.
     Ps {
+        /// table for reading, json for scripts.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
         /// Do not truncate ids and errors.
@@ -64,6 +67,7 @@ pub enum ServiceCommand {
     Update(Box<UpdateArgs>),
     /// Set the number of replicas: NAME=N ...
     Scale {
+        /// Return at once instead of following the tasks until they converge.
         #[arg(long, short)]
         detach: bool,
         #[arg(required = true)]
@@ -71,6 +75,7 @@ pub enum ServiceCommand {
     },
     /// Return a service to its previous spec.
     Rollback {
+        /// Return at once instead of following the tasks until they converge.
         #[arg(long, short)]
         detach: bool,
         service: String,

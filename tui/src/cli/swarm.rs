@@ -28,8 +28,10 @@ pub enum SwarmCommand {
     Unlock,
     /// Show (or rotate) the key that unlocks managers.
     UnlockKey {
+        /// Only the key.
         #[arg(long, short)]
         quiet: bool,
+        /// Make a new key; the old one no longer unlocks.
         #[arg(long)]
         rotate: bool,
     },
@@ -112,10 +114,14 @@ pub struct InitArgs {
 
 #[derive(Args)]
 pub struct JoinArgs {
+    /// The join token (SWMTKN-1-…) from 'shoal swarm join-token'; it
+    /// decides the role.
     #[arg(long)]
     token: String,
+    /// Address other nodes reach this one at (HOST:PORT).
     #[arg(long)]
     advertise_addr: Option<String>,
+    /// Address to listen on; defaults to the advertised one.
     #[arg(long)]
     listen_addr: Option<String>,
     /// A manager of the swarm (HOST:PORT).
