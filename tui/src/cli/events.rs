@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::json;
 use shoal_proto::v1 as pb;
 
-use super::output::{Format, now_ms, parse_duration};
+use super::output::{Filters, Format, now_ms, parse_duration};
 use super::{Target, rpc_error};
 use crate::console::state::{EventLine, Level, Model};
 
@@ -25,35 +25,29 @@ pub struct EventsArgs {
     format: Format,
 }
 
-struct Filters {
-    kinds: Vec<String>,
-    services: Vec<String>,
+/// Event kinds `type=` can name.
+const KINDS: [&str; 4] = ["node", "service", "task", "cluster"];
+
+/// `--filter type=KIND` and `service=NAME`, read as every `ls` reads its
+/// filters.
+fn parse_filters(items: &[String]) -> anyhow::Result<Filters> {
+    let filters = Filters::parse(items, &["type", "service"])?;
+    if let Some(kind) = filters
+        .values("type")
+        .iter()
+        .find(|kind| !KINDS.contains(&kind.as_str()))
+    {
+        anyhow::bail!(
+            "invalid filter \"type={kind}\": use type={} or service=NAME",
+            KINDS.join("|")
+        );
+    }
+    Ok(filters)
 }
 
-impl Filters {
-    fn parse(items: &[String]) -> anyhow::Result<Self> {
-        let mut filters = Filters {
-            kinds: Vec::new(),
-            services: Vec::new(),
-        };
-        for item in items {
-            match item.split_once('=') {
-                Some(("type", kind)) if ["node", "service", "task", "cluster"].contains(&kind) => {
-                    filters.kinds.push(kind.to_string())
-                }
-                Some(("service", name)) => filters.services.push(name.to_string()),
-                _ => anyhow::bail!(
-                    "invalid filter {item:?}: use type=node|service|task|cluster or service=NAME"
-                ),
-            }
-        }
-        Ok(filters)
-    }
-
-    fn keep(&self, event: &EventLine) -> bool {
-        (self.kinds.is_empty() || self.kinds.iter().any(|k| k == event.subject.kind))
-            && (self.services.is_empty() || self.services.contains(&event.subject.service))
-    }
+fn keep(filters: &Filters, event: &EventLine) -> bool {
+    filters.allow("type", |kind| kind == event.subject.kind)
+        && filters.allow("service", |name| name == event.subject.service)
 }
 
 fn print(event: &EventLine, format: Format) {
@@ -79,7 +73,7 @@ fn print(event: &EventLine, format: Format) {
 }
 
 pub async fn run(target: &Target, args: EventsArgs) -> anyhow::Result<()> {
-    let filters = Filters::parse(&args.filters)?;
+    let filters = parse_filters(&args.filters)?;
     let mut client = target.connect().await?;
     let since_ms = args.since.map(|d| now_ms() - d.as_millis() as i64);
     // Version 1 asks for the change history the manager still has; without
@@ -110,9 +104,44 @@ pub async fn run(target: &Target, args: EventsArgs) -> anyhow::Result<()> {
         // Oldest first; the model keeps its log newest first.
         let fresh: Vec<EventLine> = model.events.drain(..).rev().collect();
         for event in &fresh {
-            if since_ms.is_none_or(|since| event.time_ms >= since) && filters.keep(event) {
+            if since_ms.is_none_or(|since| event.time_ms >= since) && keep(&filters, event) {
                 print(event, args.format);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::state::Subject;
+
+    fn event(kind: &'static str, service: &str) -> EventLine {
+        EventLine {
+            time_ms: 0,
+            level: Level::Info,
+            subject: Subject {
+                kind,
+                action: "failed".into(),
+                id: "t1".into(),
+                name: "web.1".into(),
+                service: service.into(),
+            },
+            text: String::new(),
+        }
+    }
+
+    #[test]
+    fn filters_keep_events_of_the_named_types_and_services() -> anyhow::Result<()> {
+        let items = ["type=task", "type=service", "service=web"].map(String::from);
+        let filters = parse_filters(&items)?;
+        assert!(keep(&filters, &event("task", "web")));
+        assert!(keep(&filters, &event("service", "web")));
+        assert!(!keep(&filters, &event("task", "db")));
+        assert!(!keep(&filters, &event("node", "")));
+        assert!(keep(&parse_filters(&[])?, &event("node", "")));
+        let wrong = parse_filters(&["type=pod".to_string()]).map(drop);
+        assert!(wrong.is_err_and(|e| e.to_string().contains("type=node|service|task|cluster")));
+        Ok(())
     }
 }
