@@ -669,32 +669,33 @@ fn running_agents(dir: &Path) -> Vec<RunningAgent> {
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| is_our_agent(*pid, dir))
-        .map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
+        .filter_map(|pid| {
+            let args = our_agent_args(pid, dir)?;
             let name = args
                 .iter()
                 .position(|arg| arg == "--hostname")
                 .and_then(|i| args.get(i + 1))
                 .cloned()
                 .unwrap_or_else(|| pid.to_string());
-            RunningAgent { pid, name }
+            Some(RunningAgent { pid, name })
         })
         .collect()
 }
 
-/// Whether `pid` is a running `shoald` of the demo in `dir`: named so on
-/// its command line, data directory inside `dir`. Only such processes
-/// are ever signalled.
+/// Whether `pid` is a running `shoald` of the demo in `dir`.
 fn is_our_agent(pid: u32, dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let cmdline = String::from_utf8_lossy(&cmdline);
+    our_agent_args(pid, dir).is_some()
+}
+
+/// The arguments of `pid` if it is a running `shoald` of the demo in
+/// `dir`: named so on its command line, data directory inside `dir`. Only
+/// such processes are ever signalled.
+fn our_agent_args(pid: u32, dir: &Path) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
     let inside = format!("{}/", dir.to_string_lossy().trim_end_matches('/'));
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -703,7 +704,9 @@ fn is_our_agent(pid: u32, dir: &Path) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false);
-    !zombie && cmdline.contains("shoald") && cmdline.contains(&inside)
+    let ours = args.iter().any(|arg| arg.contains("shoald"))
+        && args.iter().any(|arg| arg.contains(&inside));
+    (ours && !zombie).then_some(args)
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {
