@@ -1152,26 +1152,25 @@ impl App {
                 self.set_selected(0);
             }
             (View::Tasks, Command::Open | Command::Inspect) => self.inspect(Object::Task(id)),
-            (View::Services, Command::Scale)
-                if targets.iter().any(|id| model.service_is_global(id)) =>
-            {
+            (View::Services, Command::Scale) => {
                 let global: Vec<String> = targets
                     .iter()
                     .filter(|id| model.service_is_global(id))
                     .map(|id| model.service_name(id))
                     .collect();
-                self.status = Some((
-                    format!(
-                        "{} global (one task per node): only replicated services scale",
-                        match global.as_slice() {
-                            [one] => format!("{one} is"),
-                            many => format!("{} are", many.join(", ")),
-                        }
-                    ),
-                    true,
-                ));
-            }
-            (View::Services, Command::Scale) => {
+                if !global.is_empty() {
+                    self.status = Some((
+                        format!(
+                            "{} global (one task per node): only replicated services scale",
+                            match global.as_slice() {
+                                [one] => format!("{one} is"),
+                                many => format!("{} are", many.join(", ")),
+                            }
+                        ),
+                        true,
+                    ));
+                    return None;
+                }
                 let current = model
                     .services
                     .get(&id)
