@@ -100,6 +100,10 @@ impl ExecutorOp {
 pub struct Metrics {
     pub leader_changes: AtomicU64,
     pub raft_apply: Histogram,
+    /// Appends of entries to a follower that succeeded as openraft's own
+    /// call, and those the replication stream had already carried.
+    pub raft_appends_called: AtomicU64,
+    pub raft_appends_streamed: AtomicU64,
     pub missed_heartbeats: AtomicU64,
     pub placement: Histogram,
     executor_ops: [AtomicU64; ExecutorOp::ALL.len()],
@@ -109,6 +113,8 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     leader_changes: AtomicU64::new(0),
     raft_apply: Histogram::new(),
+    raft_appends_called: AtomicU64::new(0),
+    raft_appends_streamed: AtomicU64::new(0),
     missed_heartbeats: AtomicU64::new(0),
     placement: Histogram::new(),
     executor_ops: [const { AtomicU64::new(0) }; ExecutorOp::ALL.len()],
@@ -252,6 +258,16 @@ pub async fn render(agent: &Agent) -> String {
         "shoal_raft_leader_changes_total",
         "Leader changes this manager has seen.",
         m.leader_changes.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shoal_raft_appends_total Entries appended to followers by this leader: \
+         \"call\" as a call of its own, \"stream\" already carried by the replication \
+         stream.\n# TYPE shoal_raft_appends_total counter\n\
+         shoal_raft_appends_total{{path=\"call\"}} {}\n\
+         shoal_raft_appends_total{{path=\"stream\"}} {}",
+        m.raft_appends_called.load(Ordering::Relaxed),
+        m.raft_appends_streamed.load(Ordering::Relaxed),
     );
     m.raft_apply.write(
         &mut out,

@@ -410,7 +410,18 @@ impl Cluster {
     /// Starts `managers` managers and `workers` workers and waits until
     /// every node is ready.
     pub fn start(managers: usize, workers: usize, executor: Executor) -> Result<Cluster> {
-        Cluster::form(Cluster::empty(executor)?, managers, workers)
+        Cluster::form(Cluster::empty(executor)?, managers, workers, &|_| {})
+    }
+
+    /// As [`Cluster::start`], with each agent set up by `configure` (its
+    /// [`Agent::extra_args`], say) before it first starts.
+    pub fn start_configured(
+        managers: usize,
+        workers: usize,
+        executor: Executor,
+        configure: &dyn Fn(&mut Agent),
+    ) -> Result<Cluster> {
+        Cluster::form(Cluster::empty(executor)?, managers, workers, configure)
     }
 
     /// As [`Cluster::start`], each agent in a network namespace of its own
@@ -419,15 +430,20 @@ impl Cluster {
     pub fn start_networked(managers: usize, workers: usize, executor: Executor) -> Result<Cluster> {
         let mut cluster = Cluster::empty(executor)?;
         cluster.network = Some(Network::create()?);
-        Cluster::form(cluster, managers, workers)
+        Cluster::form(cluster, managers, workers, &|_| {})
     }
 
-    fn form(mut cluster: Cluster, managers: usize, workers: usize) -> Result<Cluster> {
+    fn form(
+        mut cluster: Cluster,
+        managers: usize,
+        workers: usize,
+        configure: &dyn Fn(&mut Agent),
+    ) -> Result<Cluster> {
         for i in 1..=managers {
-            cluster.add(&format!("m{i}"))?;
+            cluster.add_configured(&format!("m{i}"), configure)?;
         }
         for i in 1..=workers {
-            cluster.add(&format!("w{i}"))?;
+            cluster.add_configured(&format!("w{i}"), configure)?;
         }
         let first = &cluster.agents[0];
         first.shoal_ok(&["swarm", "init", "--advertise-addr", &first.addr])?;
@@ -475,7 +491,12 @@ impl Cluster {
 
     /// Creates and starts an agent (not joined).
     pub fn add(&mut self, name: &str) -> Result<&mut Agent> {
+        self.add_configured(name, &|_| {})
+    }
+
+    fn add_configured(&mut self, name: &str, configure: &dyn Fn(&mut Agent)) -> Result<&mut Agent> {
         let mut agent = Agent::new(self.dir.path(), name, self.executor);
+        configure(&mut agent);
         if let Some(network) = &mut self.network {
             let (netns, ip) = network.attach(name)?;
             agent.netns = Some(netns);

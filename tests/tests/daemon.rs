@@ -326,6 +326,52 @@ fn the_metrics_endpoint_parses_as_prometheus_text_and_moves_with_the_cluster() -
     Ok(())
 }
 
+/// The leader streams new entries to its followers as it appends them, and
+/// answers raft's own appends from what the stream carried: the metrics
+/// show both paths, and every manager ends with every write.
+#[test]
+fn a_leader_streams_new_entries_to_its_followers() -> Result<()> {
+    let cluster = Cluster::start_configured(3, 0, Executor::Process, &|agent| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        agent.extra_args = vec!["--metrics-addr".into(), addr];
+    })?;
+    let leader = cluster.leader()?;
+    let addr = cluster.agent(&leader).extra_args[1].clone();
+    let streamed = |samples: &BTreeMap<String, f64>| {
+        value(samples, "shoal_raft_appends_total{path=\"stream\"}")
+    };
+    let before = scrape(&addr)?;
+    // Through every manager: the followers forward theirs to the leader.
+    for round in 0..10 {
+        for manager in ["m1", "m2", "m3"] {
+            let label = format!("round={round}");
+            cluster
+                .agent(manager)
+                .shoal_ok(&["node", "update", "--label-add", &label, manager])?;
+        }
+    }
+    let after = scrape(&addr)?;
+    assert!(
+        streamed(&after) > streamed(&before),
+        "no append answered from the stream: {after:?}"
+    );
+    assert!(value(&after, "shoal_raft_appends_total{path=\"call\"}") >= 1.0);
+    for asked in ["m1", "m2", "m3"] {
+        wait_until(Duration::from_secs(10), || {
+            let nodes = cluster
+                .agent(asked)
+                .shoal_json(&["node", "inspect", "m1", "m2", "m3"])?;
+            Ok(nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|node| node["spec"]["labels"]["round"] == "9"))
+        })
+        .with_context(|| format!("{asked} does not list every write"))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn a_taken_metrics_port_stops_the_start_with_a_clear_error() -> Result<()> {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -6,9 +6,10 @@
 //! forwarded by a follower costs an RPC to the leader on top. With one of
 //! each per write, 64 clients making small writes got 3,650 writes/s, each
 //! waiting out its own round trips. A [`ProposalBatcher`] keeps at most
-//! [`IN_FLIGHT`] batches going at once; whatever arrives meanwhile waits in
-//! its queue and goes out together in the next batch, up to
-//! [`BATCH_OPS`] ops. A lone write still goes out at once.
+//! [`RAFT_IN_FLIGHT`] (forwarding: [`FORWARDED_IN_FLIGHT`]) batches going
+//! at once; whatever arrives meanwhile waits in its queue and goes out
+//! together in the next batch, up to [`BATCH_OPS`] ops. A lone write still
+//! goes out at once.
 //!
 //! The leader has one batcher in front of raft (a batch is one raft entry,
 //! a [`Proposal`]); a follower has one per leader address in front of the
@@ -24,10 +25,17 @@ use super::ProposeError;
 use crate::raft::types::{Proposal, Raft};
 use crate::store::Transaction;
 
-/// Batches in flight, at most. Measured with small writes: 4 or 8 made
-/// smaller batches and fewer writes per second, 1 did about as well as 2
-/// but leaves the log writer idle while an entry replicates.
-const IN_FLIGHT: usize = 2;
+/// Raft entries a leader's batcher has in flight, at most. With
+/// replication pipelined (`raft::pipeline`) an entry commits in about one
+/// round trip, and every entry costs each manager an append, a sync and
+/// raft's bookkeeping: at 64 clients making small writes, 1 in flight made
+/// 8,100–9,600 writes/s, 2 made 6,400–6,800 and 8 made 4,100 (smaller
+/// entries, more of them). Before the pipeline, 1 and 2 did about as well.
+const RAFT_IN_FLIGHT: usize = 1;
+
+/// Forwarding calls a follower's batcher has in flight, at most: 1, 2 and
+/// 4 did the same within the spread of runs.
+const FORWARDED_IN_FLIGHT: usize = 2;
 
 /// Ops gathered into one batch, at most (a single larger transaction goes
 /// alone). Control-loop transactions carry up to 1,000 ops; they are not
@@ -48,25 +56,37 @@ pub struct ProposalBatcher {
 }
 
 impl ProposalBatcher {
-    /// Starts a batching task on the current runtime. `commit` takes a
-    /// batch and answers one outcome per transaction, in order, or one
-    /// error for the whole batch.
+    /// Starts a batching task on the current runtime that keeps up to
+    /// [`FORWARDED_IN_FLIGHT`] batches going (a follower's forwarder).
+    /// `commit` takes a batch and answers one outcome per transaction, in
+    /// order, or one error for the whole batch.
     pub fn start<F, Fut>(commit: F) -> Self
     where
         F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
     {
+        ProposalBatcher::with_limit(commit, FORWARDED_IN_FLIGHT)
+    }
+
+    fn with_limit<F, Fut>(commit: F, in_flight: usize) -> Self
+    where
+        F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
+    {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(commit, pending));
+        tokio::spawn(run(commit, pending, in_flight));
         ProposalBatcher { queue }
     }
 
     /// The leader's batcher: each batch is one raft entry.
     pub fn for_raft(raft: Raft) -> Self {
-        ProposalBatcher::start(move |txs| {
-            let raft = raft.clone();
-            async move { commit_to_raft(&raft, txs).await }
-        })
+        ProposalBatcher::with_limit(
+            move |txs| {
+                let raft = raft.clone();
+                async move { commit_to_raft(&raft, txs).await }
+            },
+            RAFT_IN_FLIGHT,
+        )
     }
 
     /// Commits `tx` with the next batch.
@@ -100,12 +120,15 @@ impl ProposalBatcher {
     }
 }
 
-async fn run<F, Fut>(commit: F, mut pending: mpsc::UnboundedReceiver<(Transaction, Reply)>)
-where
+async fn run<F, Fut>(
+    commit: F,
+    mut pending: mpsc::UnboundedReceiver<(Transaction, Reply)>,
+    in_flight: usize,
+) where
     F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
 {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(in_flight));
     // A write that did not fit in the previous batch opens the next one.
     let mut carried: Option<(Transaction, Reply)> = None;
     loop {

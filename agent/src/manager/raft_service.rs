@@ -4,11 +4,13 @@
 //! (so a manager removed from raft, or left over from before a
 //! `--force-new-cluster`, cannot disrupt elections).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raft_server::Raft as RaftApi;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::runtime::{LEADER_ADDR_HEADER, ManagerRuntime};
 use crate::api::authz::{Caller, Trust, require};
@@ -19,9 +21,12 @@ use crate::raft::network::{decode, encode};
 use crate::raft::types::RaftMember;
 use crate::store::*;
 
+#[derive(Clone)]
 pub struct RaftService {
     pub agent: Arc<Agent>,
 }
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn wire(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
@@ -35,7 +40,15 @@ impl RaftService {
         request: &Request<T>,
         members_only: bool,
     ) -> Result<(Arc<ManagerRuntime>, String), Status> {
-        let caller = Caller::of(request);
+        self.authorize_caller(&Caller::of(request), members_only)
+            .await
+    }
+
+    async fn authorize_caller(
+        &self,
+        caller: &Caller,
+        members_only: bool,
+    ) -> Result<(Arc<ManagerRuntime>, String), Status> {
         let active = self.agent.active().await?;
         let manager = active.require_manager()?;
         // A peer that keeps calling a stopped raft would only fill both
@@ -51,7 +64,7 @@ impl RaftService {
                 .is_some_and(|c| c.removed_nodes.contains_key(id))
         };
         require(
-            &caller,
+            caller,
             &[PeerRole::Manager],
             &Trust {
                 cluster_id: &cluster_id,
@@ -77,7 +90,7 @@ impl RaftService {
             }
         }
         manager.contacts.saw(&identity.node_id);
-        Ok((manager, identity.node_id))
+        Ok((manager, identity.node_id.clone()))
     }
 
     /// A refusal that tells the caller where the leader is.
@@ -115,6 +128,37 @@ impl RaftApi for RaftService {
         Ok(Response::new(pb::RaftPayload {
             data: encode(&result).map_err(wire)?,
         }))
+    }
+
+    type AppendStreamStream = BoxStream<pb::RaftPayload>;
+
+    /// Pipelined replication from the leader. Messages are taken one at a
+    /// time in the order they came (raft needs them in order; separate
+    /// calls could overtake each other), and each is authorized as a call
+    /// would be, so that a member removed meanwhile, or a raft that
+    /// stopped, ends the stream.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let caller = Caller::of(&request);
+        self.authorize_caller(&caller, true).await?;
+        let service = self.clone();
+        let answers = request.into_inner().then(move |message| {
+            let service = service.clone();
+            let caller = caller.clone();
+            async move {
+                let message = message?;
+                let (manager, _) = service.authorize_caller(&caller, true).await?;
+                let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
+                    decode(&message.data).map_err(wire)?;
+                let result = manager.raft.append_entries(rpc).await;
+                Ok(pb::RaftPayload {
+                    data: encode(&result).map_err(wire)?,
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(

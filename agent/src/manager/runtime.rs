@@ -138,7 +138,7 @@ impl ManagerRuntime {
         let state_machine = StateMachine::open(db.clone(), store.clone())?;
         let log_store = db.log_store();
         let contacts = Arc::new(PeerContacts::default());
-        let network = Network::new(tls.clone(), contacts.clone());
+        let network = Network::new(tls.clone(), contacts.clone(), db.clone());
         let config = openraft::Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: timing.heartbeat_ms,

@@ -54,6 +54,11 @@ struct Inner {
     dek: DataKey,
     flusher: Flusher,
     cache: Arc<Mutex<LogCache>>,
+    /// The index of the last entry appended (readable, perhaps not yet on
+    /// disk): what pipelined replication follows.
+    appended: tokio::sync::watch::Sender<Option<u64>>,
+    /// The last committed log id raft saved.
+    committed: Mutex<Option<LogId>>,
 }
 
 /// Entries in the cache at most.
@@ -286,17 +291,26 @@ impl RaftDb {
                     thread: Some(thread),
                 },
                 cache,
+                appended: tokio::sync::watch::Sender::new(None),
+                committed: Mutex::new(None),
             }),
         };
         // Opening what is there proves the key opens this log, so a wrong
         // key is reported now, not as a raft failure later. Any of these
         // may be missing (a learner can hold entries before it votes, a
         // purged log only a snapshot), hence all three.
-        this.get_meta::<Vote>(VOTE)
+        let last = this
+            .get_meta::<Vote>(VOTE)
             .and_then(|_| this.check_log_format())
             .and_then(|_| this.last_entry())
-            .and_then(|_| this.get_meta::<SnapshotMeta>(SNAPSHOT_META))
+            .and_then(|last| {
+                this.get_meta::<SnapshotMeta>(SNAPSHOT_META)?;
+                Ok(last)
+            })
             .map_err(|e| failed(e.to_string()))?;
+        this.inner
+            .appended
+            .send_replace(last.map(|entry| entry.log_id.index));
         Ok(this)
     }
 
@@ -320,6 +334,17 @@ impl RaftDb {
 
     pub fn log_store(&self) -> LogStore {
         LogStore { db: self.clone() }
+    }
+
+    /// Follows appends to this log, for replication that sends entries as
+    /// soon as they are in it.
+    pub fn appended(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.inner.appended.subscribe()
+    }
+
+    /// The last committed log id raft saved here (None before the first).
+    pub fn committed(&self) -> Option<LogId> {
+        *self.inner.committed.lock()
     }
 
     pub fn path(&self) -> &Path {
@@ -624,6 +649,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced: raft re-learns the committed index from the leader;
         // keeping it only spares replaying on restart.
+        *self.db.inner.committed.lock() = committed;
         let sealed = self.db.seal(COMMITTED, &committed).map_err(write_logs)?;
         self.db
             .inner
@@ -671,6 +697,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.append(entry.clone());
             }
         }
+        if let Some(last) = entries.last() {
+            self.db.inner.appended.send_replace(Some(last.log_id.index));
+        }
         self.db
             .inner
             .flusher
@@ -682,6 +711,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Queued writes first, or one could bring truncated entries back.
         self.db.inner.flusher.drain().await.map_err(write_logs)?;
         self.db.inner.cache.lock().truncate(log_id.index);
+        self.db
+            .inner
+            .appended
+            .send_replace(log_id.index.checked_sub(1));
         self.db
             .delete_entries(log_id.index, u64::MAX)
             .and_then(|()| self.db.sync())

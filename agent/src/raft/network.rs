@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
@@ -23,7 +24,10 @@ use shoal_proto::v1::RaftPayload;
 use shoal_proto::v1::raft_client::RaftClient;
 use tonic::transport::Channel;
 
+use super::log_store::RaftDb;
+use super::pipeline::{Follower, Pipeline};
 use super::types::{LogId, RaftId, RaftMember, TypeConfig, Vote};
+use crate::metrics::METRICS;
 use crate::pki::tls::NodeTls;
 
 /// Raft messages can carry large batches; gRPC's default 4 MiB cap is too
@@ -35,11 +39,11 @@ pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 /// encoding, sending and the peer's durable write included; a catching-up
 /// peer offered 256 entries of 1,000 ops could never finish one in time,
 /// and would stay behind forever.
-const APPEND_OPS: usize = 2_000;
+pub(super) const APPEND_OPS: usize = 2_000;
 
 /// How many of `entries`, from the first, fit in `budget` ops (at least
 /// one, so that progress is always possible).
-fn entries_within(entries: &[super::types::Entry], budget: usize) -> usize {
+pub(super) fn entries_within(entries: &[super::types::Entry], budget: usize) -> usize {
     let mut ops = 0;
     let mut fitting = 0;
     for entry in entries {
@@ -90,11 +94,13 @@ impl PeerContacts {
 pub struct Network {
     tls: Arc<NodeTls>,
     contacts: Arc<PeerContacts>,
+    /// This manager's log, which pipelines follow.
+    log: RaftDb,
 }
 
 impl Network {
-    pub fn new(tls: Arc<NodeTls>, contacts: Arc<PeerContacts>) -> Self {
-        Network { tls, contacts }
+    pub fn new(tls: Arc<NodeTls>, contacts: Arc<PeerContacts>, log: RaftDb) -> Self {
+        Network { tls, contacts, log }
     }
 }
 
@@ -119,6 +125,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 contacts: self.contacts.clone(),
             },
             outliving: None,
+            log: self.log.clone(),
+            pipeline: None,
+            refuses_streams: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -134,9 +143,15 @@ const OUTLIVING_APPEND_DEADLINE: Duration = Duration::from_secs(5);
 /// stay behind for good. So an append with entries runs as a task of its
 /// own that outlives openraft's deadline, and openraft's next attempt at
 /// the same entries waits for that one instead of starting over.
+///
+/// Once an append succeeds, a [`Pipeline`] streams the leader's next
+/// entries ahead of openraft's calls, which it then answers.
 pub struct PeerConnection {
     peer: Peer,
     outliving: Option<OutlivingAppend>,
+    log: RaftDb,
+    pipeline: Option<Pipeline>,
+    refuses_streams: Arc<AtomicBool>,
 }
 
 /// Which entries an append carries, for whom: two appends with the same
@@ -250,24 +265,15 @@ fn status_to_rpc_error<E: std::error::Error>(
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    async fn append_entries(
+impl PeerConnection {
+    /// Sends `rpc`, whose last entry is `last`, as a task that outlives
+    /// openraft's deadline (see [`PeerConnection`]).
+    async fn append_outliving(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<RaftId>, openraft::error::Infallible> {
-        let fitting = entries_within(&rpc.entries, APPEND_OPS);
-        if fitting < rpc.entries.len() {
-            // openraft sends the rest in later messages.
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(fitting as u64),
-            ));
-        }
-        let Some(last) = rpc.entries.last() else {
-            // A heartbeat: small, and worthless once late.
-            return self.peer.call(Method::Append, &rpc, &option).await;
-        };
-        let key: AppendKey = (rpc.vote, rpc.prev_log_id, Some(last.log_id));
+        last: LogId,
+    ) -> AppendResult {
+        let key: AppendKey = (rpc.vote, rpc.prev_log_id, Some(last));
         if self.outliving.as_ref().is_some_and(|a| a.key != key) {
             // A different request: the one still running goes on alone,
             // harmlessly, until it ends.
@@ -288,6 +294,61 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 "append task failed: {e}"
             ))))),
         }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<RaftId>, openraft::error::Infallible> {
+        let fitting = entries_within(&rpc.entries, APPEND_OPS);
+        if fitting < rpc.entries.len() {
+            // openraft sends the rest in later messages.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting as u64),
+            ));
+        }
+        let Some(last) = rpc.entries.last().map(|e| e.log_id) else {
+            // A heartbeat: small, and worthless once late. A conflict or a
+            // higher vote means the follower is not where a stream assumed:
+            // the stream stops (a failed call says nothing of that).
+            let result = self.peer.call(Method::Append, &rpc, &option).await;
+            if result
+                .as_ref()
+                .is_ok_and(|r| !matches!(r, AppendEntriesResponse::Success))
+            {
+                self.pipeline = None;
+            }
+            return result;
+        };
+        if let Some(pipeline) = &self.pipeline {
+            if pipeline.serves(&rpc) && pipeline.acknowledged(last).await {
+                pipeline.share_commit(rpc.leader_commit);
+                METRICS
+                    .raft_appends_streamed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(AppendEntriesResponse::Success);
+            }
+            self.pipeline = None;
+        }
+        let vote = rpc.vote;
+        let result = self.append_outliving(rpc, last).await;
+        if !matches!(result, Ok(AppendEntriesResponse::Success)) {
+            return result;
+        }
+        METRICS.raft_appends_called.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = self.peer.client.clone() {
+            let follower = Follower {
+                client,
+                node_id: self.peer.member.node_id.clone(),
+                contacts: self.peer.contacts.clone(),
+                refuses_streams: self.refuses_streams.clone(),
+            };
+            self.pipeline = Pipeline::start(follower, self.log.clone(), vote, last);
+        }
+        result
     }
 
     async fn install_snapshot(
