@@ -29,7 +29,7 @@ use crate::store::Transaction;
 /// replication pipelined (`raft::pipeline`) an entry commits in about one
 /// round trip, and every entry costs each manager an append, a sync and
 /// raft's bookkeeping: at 64 clients making small writes, 1 in flight made
-/// 8,100–9,600 writes/s, 2 made 6,400–6,800 and 8 made 4,100 (smaller
+/// 7,400–10,100 writes/s, 2 made 6,400–7,900 and 8 made 4,100 (smaller
 /// entries, more of them). Before the pipeline, 1 and 2 did about as well.
 const RAFT_IN_FLIGHT: usize = 1;
 
