@@ -104,6 +104,10 @@ pub struct Metrics {
     /// call, and those the replication stream had already carried.
     pub raft_appends_called: AtomicU64,
     pub raft_appends_streamed: AtomicU64,
+    /// Append-entries messages this follower took from a leader: calls
+    /// (heartbeats among them) and messages of a replication stream.
+    pub raft_appends_received_called: AtomicU64,
+    pub raft_appends_received_streamed: AtomicU64,
     pub missed_heartbeats: AtomicU64,
     pub placement: Histogram,
     executor_ops: [AtomicU64; ExecutorOp::ALL.len()],
@@ -115,6 +119,8 @@ pub static METRICS: Metrics = Metrics {
     raft_apply: Histogram::new(),
     raft_appends_called: AtomicU64::new(0),
     raft_appends_streamed: AtomicU64::new(0),
+    raft_appends_received_called: AtomicU64::new(0),
+    raft_appends_received_streamed: AtomicU64::new(0),
     missed_heartbeats: AtomicU64::new(0),
     placement: Histogram::new(),
     executor_ops: [const { AtomicU64::new(0) }; ExecutorOp::ALL.len()],
@@ -268,6 +274,16 @@ pub async fn render(agent: &Agent) -> String {
          shoal_raft_appends_total{{path=\"stream\"}} {}",
         m.raft_appends_called.load(Ordering::Relaxed),
         m.raft_appends_streamed.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP shoal_raft_appends_received_total Append-entries messages this manager took \
+         from a leader: \"call\" (heartbeats among them) or \"stream\".\n\
+         # TYPE shoal_raft_appends_received_total counter\n\
+         shoal_raft_appends_received_total{{path=\"call\"}} {}\n\
+         shoal_raft_appends_received_total{{path=\"stream\"}} {}",
+        m.raft_appends_received_called.load(Ordering::Relaxed),
+        m.raft_appends_received_streamed.load(Ordering::Relaxed),
     );
     m.raft_apply.write(
         &mut out,

@@ -328,35 +328,70 @@ fn the_metrics_endpoint_parses_as_prometheus_text_and_moves_with_the_cluster() -
 
 /// The leader streams new entries to its followers as it appends them, and
 /// answers raft's own appends from what the stream carried: the metrics
-/// show both paths, and every manager ends with every write.
+/// show both paths, a follower killed and restarted is streamed to again,
+/// and every manager ends with every write.
 #[test]
 fn a_leader_streams_new_entries_to_its_followers() -> Result<()> {
-    let cluster = Cluster::start_configured(3, 0, Executor::Process, &|agent| {
+    let mut cluster = Cluster::start_configured(3, 0, Executor::Process, &|agent| {
         let addr = format!("127.0.0.1:{}", free_port());
         agent.extra_args = vec!["--metrics-addr".into(), addr];
     })?;
+    let metrics_of = |cluster: &Cluster, name: &str| cluster.agent(name).extra_args[1].clone();
     let leader = cluster.leader()?;
-    let addr = cluster.agent(&leader).extra_args[1].clone();
+    let addr = metrics_of(&cluster, &leader);
+    let managers = ["m1", "m2", "m3"];
+    let follower = *managers
+        .iter()
+        .find(|m| **m != leader)
+        .context("a follower")?;
     let streamed = |samples: &BTreeMap<String, f64>| {
         value(samples, "shoal_raft_appends_total{path=\"stream\"}")
     };
-    let before = scrape(&addr)?;
-    // Through every manager: the followers forward theirs to the leader.
-    for round in 0..10 {
-        for manager in ["m1", "m2", "m3"] {
-            let label = format!("round={round}");
-            cluster
-                .agent(manager)
-                .shoal_ok(&["node", "update", "--label-add", &label, manager])?;
+    // Through every manager (followers forward theirs to the leader).
+    let write_rounds = |cluster: &Cluster, rounds: std::ops::Range<u32>| -> Result<()> {
+        for round in rounds {
+            for manager in managers {
+                let label = format!("round={round}");
+                cluster.agent(manager).shoal_ok(&[
+                    "node",
+                    "update",
+                    "--label-add",
+                    &label,
+                    manager,
+                ])?;
+            }
         }
-    }
+        Ok(())
+    };
+    let before = scrape(&addr)?;
+    write_rounds(&cluster, 0..10)?;
     let after = scrape(&addr)?;
     assert!(
         streamed(&after) > streamed(&before),
         "no append answered from the stream: {after:?}"
     );
     assert!(value(&after, "shoal_raft_appends_total{path=\"call\"}") >= 1.0);
-    for asked in ["m1", "m2", "m3"] {
+
+    // A follower that dies mid-stream: the stream ends with its
+    // connection, raft's own calls catch it up, and a new stream reaches
+    // it (its counters start again from zero).
+    cluster.agent_mut(follower).kill9();
+    cluster.agent_mut(follower).start()?;
+    wait_until(Duration::from_secs(20), || {
+        cluster
+            .agent(follower)
+            .accepts_write("restarted=yes", follower)
+    })?;
+    write_rounds(&cluster, 10..20)?;
+    let received = scrape(&metrics_of(&cluster, follower))?;
+    assert!(
+        value(
+            &received,
+            "shoal_raft_appends_received_total{path=\"stream\"}"
+        ) >= 1.0,
+        "no stream reached {follower} after it restarted: {received:?}"
+    );
+    for asked in managers {
         wait_until(Duration::from_secs(10), || {
             let nodes = cluster
                 .agent(asked)
@@ -365,7 +400,7 @@ fn a_leader_streams_new_entries_to_its_followers() -> Result<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .all(|node| node["spec"]["labels"]["round"] == "9"))
+                .all(|node| node["spec"]["labels"]["round"] == "19"))
         })
         .with_context(|| format!("{asked} does not list every write"))?;
     }

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::runtime::{LEADER_ADDR_HEADER, ManagerRuntime};
 use crate::api::authz::{Caller, Trust, require};
 use crate::ids::now_ms;
+use crate::metrics::METRICS;
 use crate::node::Agent;
 use crate::pki::identity::PeerRole;
 use crate::raft::network::{decode, encode};
@@ -116,6 +118,9 @@ impl RaftApi for RaftService {
         let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
             decode(&request.get_ref().data).map_err(wire)?;
         let decoded = started.elapsed();
+        METRICS
+            .raft_appends_received_called
+            .fetch_add(1, Ordering::Relaxed);
         let entries = rpc.entries.len();
         let result = manager.raft.append_entries(rpc).await;
         tracing::debug!(
@@ -152,6 +157,9 @@ impl RaftApi for RaftService {
                 let (manager, _) = service.authorize_caller(&caller, true).await?;
                 let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
                     decode(&message.data).map_err(wire)?;
+                METRICS
+                    .raft_appends_received_streamed
+                    .fetch_add(1, Ordering::Relaxed);
                 let result = manager.raft.append_entries(rpc).await;
                 Ok(pb::RaftPayload {
                     data: encode(&result).map_err(wire)?,
