@@ -146,6 +146,21 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
+/// A counter family with one label: its HELP and TYPE, then one sample per
+/// label value.
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'static str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value_name, value) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_name}\"}} {value}");
+    }
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(
         out,
@@ -265,25 +280,33 @@ pub async fn render(agent: &Agent) -> String {
         "Leader changes this manager has seen.",
         m.leader_changes.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP shoal_raft_appends_total Entries appended to followers by this leader: \
-         \"call\" as a call of its own, \"stream\" already carried by the replication \
-         stream.\n# TYPE shoal_raft_appends_total counter\n\
-         shoal_raft_appends_total{{path=\"call\"}} {}\n\
-         shoal_raft_appends_total{{path=\"stream\"}} {}",
-        m.raft_appends_called.load(Ordering::Relaxed),
-        m.raft_appends_streamed.load(Ordering::Relaxed),
+    counter_family(
+        &mut out,
+        "shoal_raft_appends_total",
+        "Entries appended to followers by this leader: \"call\" as a call of its own, \
+         \"stream\" already carried by the replication stream.",
+        "path",
+        [
+            ("call", m.raft_appends_called.load(Ordering::Relaxed)),
+            ("stream", m.raft_appends_streamed.load(Ordering::Relaxed)),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "# HELP shoal_raft_appends_received_total Append-entries messages this manager took \
-         from a leader: \"call\" (heartbeats among them) or \"stream\".\n\
-         # TYPE shoal_raft_appends_received_total counter\n\
-         shoal_raft_appends_received_total{{path=\"call\"}} {}\n\
-         shoal_raft_appends_received_total{{path=\"stream\"}} {}",
-        m.raft_appends_received_called.load(Ordering::Relaxed),
-        m.raft_appends_received_streamed.load(Ordering::Relaxed),
+    counter_family(
+        &mut out,
+        "shoal_raft_appends_received_total",
+        "Append-entries messages this manager took from a leader: \"call\" (heartbeats \
+         among them) or \"stream\".",
+        "path",
+        [
+            (
+                "call",
+                m.raft_appends_received_called.load(Ordering::Relaxed),
+            ),
+            (
+                "stream",
+                m.raft_appends_received_streamed.load(Ordering::Relaxed),
+            ),
+        ],
     );
     m.raft_apply.write(
         &mut out,
@@ -313,11 +336,9 @@ pub async fn render(agent: &Agent) -> String {
             &m.executor_errors,
         ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for op in ExecutorOp::ALL {
-            let value = values[op as usize].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{op=\"{}\"}} {value}", op.name());
-        }
+        let samples =
+            ExecutorOp::ALL.map(|op| (op.name(), values[op as usize].load(Ordering::Relaxed)));
+        counter_family(&mut out, name, help, "op", samples);
     }
     out
 }

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
@@ -107,6 +107,32 @@ impl RaftService {
     }
 }
 
+/// Hands one append-entries message (a call's, or a stream's) to raft,
+/// counted in `received`, and encodes raft's answer.
+async fn append(
+    manager: &ManagerRuntime,
+    data: &[u8],
+    received: &AtomicU64,
+) -> Result<pb::RaftPayload, Status> {
+    let started = std::time::Instant::now();
+    let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
+        decode(data).map_err(wire)?;
+    let decoded = started.elapsed();
+    received.fetch_add(1, Ordering::Relaxed);
+    let entries = rpc.entries.len();
+    let result = manager.raft.append_entries(rpc).await;
+    tracing::debug!(
+        entries,
+        bytes = data.len(),
+        decode_ms = decoded.as_secs_f64() * 1000.0,
+        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "append entries handled"
+    );
+    Ok(pb::RaftPayload {
+        data: encode(&result).map_err(wire)?,
+    })
+}
+
 #[tonic::async_trait]
 impl RaftApi for RaftService {
     async fn append_entries(
@@ -114,25 +140,13 @@ impl RaftApi for RaftService {
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let (manager, _) = self.authorize(&request, true).await?;
-        let started = std::time::Instant::now();
-        let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
-            decode(&request.get_ref().data).map_err(wire)?;
-        let decoded = started.elapsed();
-        METRICS
-            .raft_appends_received_called
-            .fetch_add(1, Ordering::Relaxed);
-        let entries = rpc.entries.len();
-        let result = manager.raft.append_entries(rpc).await;
-        tracing::debug!(
-            entries,
-            bytes = request.get_ref().data.len(),
-            decode_ms = decoded.as_secs_f64() * 1000.0,
-            total_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "append entries handled"
-        );
-        Ok(Response::new(pb::RaftPayload {
-            data: encode(&result).map_err(wire)?,
-        }))
+        let answer = append(
+            &manager,
+            &request.get_ref().data,
+            &METRICS.raft_appends_received_called,
+        )
+        .await?;
+        Ok(Response::new(answer))
     }
 
     type AppendStreamStream = BoxStream<pb::RaftPayload>;
@@ -155,15 +169,12 @@ impl RaftApi for RaftService {
             async move {
                 let message = message?;
                 let (manager, _) = service.authorize_caller(&caller, true).await?;
-                let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
-                    decode(&message.data).map_err(wire)?;
-                METRICS
-                    .raft_appends_received_streamed
-                    .fetch_add(1, Ordering::Relaxed);
-                let result = manager.raft.append_entries(rpc).await;
-                Ok(pb::RaftPayload {
-                    data: encode(&result).map_err(wire)?,
-                })
+                append(
+                    &manager,
+                    &message.data,
+                    &METRICS.raft_appends_received_streamed,
+                )
+                .await
             }
         });
         Ok(Response::new(Box::pin(answers)))
