@@ -18,6 +18,14 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+/// Managers that must be reachable for a swarm of `managers` to elect a
+/// leader and commit writes: a majority. The agent's refusals (a leave or
+/// a demotion that would break it), `shoal info`'s fault tolerance and the
+/// CLI's advice after a leave all count with it.
+pub fn quorum(managers: usize) -> usize {
+    managers / 2 + 1
+}
+
 /// Swarm's defaults for what `service create` leaves unsaid. Protobuf
 /// cannot tell an unset number from 0, so a client building a new spec
 /// starts from these, and the store's defaults are the same numbers.

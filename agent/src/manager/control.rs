@@ -956,7 +956,7 @@ fn check_demotion(manager: &ManagerRuntime, tables: &Tables, node: &Node) -> Res
         .as_ref()
         .is_some_and(|m| m.reachability == Reachability::Reachable);
     let remaining = total.saturating_sub(1);
-    let quorum = remaining / 2 + 1;
+    let quorum = shoal_proto::quorum(remaining);
     let reachable_after = if node_reachable {
         reachable.saturating_sub(1)
     } else {

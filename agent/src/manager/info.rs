@@ -55,7 +55,7 @@ pub async fn info(agent: &Agent) -> pb::InfoResponse {
     info.fault_tolerance = if total == 0 {
         0
     } else {
-        reachable as i32 - (total / 2 + 1) as i32
+        reachable as i32 - shoal_proto::quorum(total) as i32
     };
     let leader = manager.leader();
     if let Some(cause) = manager.raft_stopped() {

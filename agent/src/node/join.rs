@@ -369,7 +369,7 @@ impl Agent {
                     ));
                 }
                 let remaining = total - 1;
-                let quorum = remaining / 2 + 1;
+                let quorum = shoal_proto::quorum(remaining);
                 if reachable.saturating_sub(1) < quorum {
                     return Err(NodeError::Invalid(format!(
                         "removing this manager leaves {} of {remaining} managers reachable, below \

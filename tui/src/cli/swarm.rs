@@ -401,7 +401,7 @@ pub(crate) fn join_command(token: &str, manager_addrs: &[String]) -> String {
 /// What the swarm can still lose once a manager has left it: `left`
 /// managers, `reachable` of them answering.
 fn managers_left(left: u32, reachable: u32) -> String {
-    let quorum = left / 2 + 1;
+    let quorum = shoal_proto::quorum(left as usize) as u32;
     let plural = |n: u32| if n == 1 { "manager" } else { "managers" };
     match reachable.checked_sub(quorum) {
         Some(0) => format!(
