@@ -144,7 +144,7 @@ impl ManagerRuntime {
         // then it only cost thread hand-offs on every write: sharing made
         // 64 clients' small writes 7% faster (8,700-9,100 against
         // 7,900-8,400 writes/s, alternated runs), and swarm2k converged as
-        // fast (5.6-6.2 s) with no leader change.
+        // fast (5.6-6.3 s) with no leader change.
         let raft = Raft::new(raft_id, Arc::new(config), network, log_store, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
