@@ -77,7 +77,7 @@ impl ControlService {
 
 fn live_view(manager: &ManagerRuntime) -> LiveView {
     LiveView {
-        leader_raft_id: manager.metrics().current_leader,
+        leader_raft_id: manager.current_leader(),
     }
 }
 

@@ -237,6 +237,11 @@ impl ManagerRuntime {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The leader raft names now, without copying the rest of its metrics.
+    pub fn current_leader(&self) -> Option<RaftId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// The dispatcher, while this manager leads.
     pub fn dispatcher(&self) -> Option<Arc<super::dispatcher::Dispatcher>> {
         self.dispatcher.load_full().filter(|d| !d.is_stopped())
@@ -247,7 +252,7 @@ impl ManagerRuntime {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.metrics().current_leader == Some(self.raft_id)
+        self.current_leader() == Some(self.raft_id)
     }
 
     /// The TLS client config this manager uses towards its peers.
@@ -371,7 +376,9 @@ impl ManagerRuntime {
         if let Some(cause) = self.raft_stopped() {
             return Err(ProposeError::RaftStopped(cause));
         }
-        let mut last_error = self.no_leader();
+        // Built only when needed: counting reachable voters reads the
+        // store and the membership, too much to do on every write.
+        let mut last_error = None;
         let mut tried_leader: Option<RaftId> = None;
         for _attempt in 0..4u32 {
             if let Some(failed) = tried_leader {
@@ -382,12 +389,21 @@ impl ManagerRuntime {
             if self.shutdown.is_cancelled() {
                 return Err(ProposeError::Shutdown);
             }
-            let metrics = self.metrics();
-            tried_leader = metrics.current_leader;
-            let result = match metrics.current_leader {
+            let (leader, leader_addr, lost_quorum) = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                let leader = metrics.current_leader;
+                let addr = leader.filter(|l| *l != self.raft_id).and_then(|l| {
+                    let member = metrics.membership_config.membership().get_node(&l)?;
+                    Some(member.addr.clone())
+                });
+                (leader, addr, self.leader_lost_quorum(&metrics))
+            };
+            tried_leader = leader;
+            let result = match leader {
                 None => return Err(self.no_leader()),
                 Some(leader) if leader == self.raft_id => {
-                    if self.leader_lost_quorum(&metrics) {
+                    if lost_quorum {
                         return Err(self.no_leader());
                     }
                     // A write that cannot reach a quorum would hang until
@@ -396,7 +412,7 @@ impl ManagerRuntime {
                         loop {
                             tokio::time::sleep(Duration::from_millis(self.timing.heartbeat_ms))
                                 .await;
-                            if self.leader_lost_quorum(&self.metrics()) {
+                            if self.leader_lost_quorum(&self.raft.metrics().borrow()) {
                                 return;
                             }
                         }
@@ -407,8 +423,7 @@ impl ManagerRuntime {
                     }
                 }
                 Some(leader) => {
-                    let Some(member) = metrics.membership_config.membership().get_node(&leader)
-                    else {
+                    let Some(addr) = leader_addr else {
                         return Err(self.no_leader());
                     };
                     // A leader cut off mid-call never answers (its packets
@@ -416,7 +431,7 @@ impl ManagerRuntime {
                     // leader, the write goes there instead of waiting for
                     // the connection to be declared dead.
                     let forwarded = tokio::select! {
-                        forwarded = self.forward(&member.addr, tx.clone()) => forwarded,
+                        forwarded = self.forward(&addr, tx.clone()) => forwarded,
                         () = async {
                             if !self.leader_moves_from(leader).await {
                                 // raft stopped: nothing will move; the
@@ -424,8 +439,7 @@ impl ManagerRuntime {
                                 std::future::pending::<()>().await;
                             }
                         } => Err(ProposeError::Raft(format!(
-                            "the leader at {} was replaced while the write was on its way",
-                            member.addr
+                            "the leader at {addr} was replaced while the write was on its way"
                         ))),
                     };
                     if let Ok(version) = forwarded {
@@ -437,14 +451,14 @@ impl ManagerRuntime {
                 }
             };
             match result {
-                Err(ProposeError::NotManager) | Err(ProposeError::Raft(_)) => {
-                    last_error = result.unwrap_err();
+                Err(error @ (ProposeError::NotManager | ProposeError::Raft(_))) => {
+                    last_error = Some(error);
                     continue;
                 }
                 other => return other,
             }
         }
-        Err(last_error)
+        Err(last_error.unwrap_or_else(|| self.no_leader()))
     }
 
     /// Commits `tx` on this node's raft; fails with `NotManager` if this

@@ -132,7 +132,7 @@ async fn send_copy(
 ) -> Result<(), ()> {
     let objects: Vec<Object> = objects.into_iter().filter(|o| wanted(o.kind())).collect();
     let live = LiveView {
-        leader_raft_id: manager.metrics().current_leader,
+        leader_raft_id: manager.current_leader(),
     };
     let mut chunks: Vec<Vec<pb::WatchEvent>> = Vec::new();
     {
@@ -175,7 +175,7 @@ async fn send_changes(
     wanted: &impl Fn(Kind) -> bool,
 ) -> Result<(), ()> {
     let live = LiveView {
-        leader_raft_id: manager.metrics().current_leader,
+        leader_raft_id: manager.current_leader(),
     };
     let events: Vec<pb::WatchEvent> = {
         let tables = manager.store.read();

@@ -35,6 +35,21 @@ struct Args {
     /// make for as long.
     #[arg(long)]
     floor: bool,
+    /// Which managers the clients call: `all` spreads them over the three
+    /// (followers forward their writes to the leader), `leader` sends
+    /// every call to the leader.
+    #[arg(long, value_enum, default_value_t = Target::All)]
+    to: Target,
+    /// Connections the clients share (HTTP/2 carries many calls at once on
+    /// one); 0 gives every client its own.
+    #[arg(long, default_value_t = 0)]
+    conns: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    All,
+    Leader,
 }
 
 /// Runs `clients` clients, each making `call(client, its index, call
@@ -42,6 +57,7 @@ struct Args {
 /// time taken.
 async fn run_clients<F, Fut>(
     sockets: &[PathBuf],
+    conns: usize,
     clients: usize,
     seconds: u64,
     call: F,
@@ -52,13 +68,21 @@ where
 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let conns = if conns == 0 {
+        clients
+    } else {
+        conns.min(clients)
+    };
+    let mut channels = Vec::with_capacity(conns);
+    for n in 0..conns {
+        channels.push(shoal_proto::transport::connect_unix(&sockets[n % sockets.len()]).await?);
+    }
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let socket = sockets[c % sockets.len()].clone();
+        let channel = channels[c % conns].clone();
         let stop = stop.clone();
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            let channel = shoal_proto::transport::connect_unix(&socket).await?;
             let client = ControlClient::new(channel);
             let mut latencies = Vec::new();
             let mut i = 0u64;
@@ -86,9 +110,19 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let sockets: Vec<_> = cluster.agents.iter().map(|a| a.socket.clone()).collect();
+    let leader = match args.to {
+        Target::All => None,
+        Target::Leader => Some(cluster.leader()?),
+    };
+    let sockets: Vec<_> = cluster
+        .agents
+        .iter()
+        .filter(|a| leader.as_ref().is_none_or(|l| *l == a.name))
+        .map(|a| a.socket.clone())
+        .collect();
     let (mut latencies, elapsed) = runtime.block_on(run_clients(
         &sockets,
+        args.conns,
         args.clients,
         args.seconds,
         |mut client, c, i| async move {
@@ -117,6 +151,7 @@ fn main() -> Result<()> {
         // Every client made at least its first write, so `w{c}-1` exists.
         let (reads, elapsed) = runtime.block_on(run_clients(
             &sockets,
+            args.conns,
             args.clients,
             args.seconds,
             |mut client, c, _| async move {
