@@ -691,7 +691,7 @@ impl Control for ControlService {
         let version = manager
             .propose(Transaction::new(now).create(service.clone()))
             .await?;
-        tracing::info!(service = %service.spec.name, "service created");
+        tracing::debug!(service = %service.spec.name, "service created");
         let mut service = service;
         service.meta.version = version;
         let desired = service.spec.replicas;
