@@ -4,6 +4,11 @@
 //!
 //!     cargo run --release -p shoal-tests --bin raft-writes -- --clients 64 --seconds 10
 //!
+//! `--to leader` sends every call to the leader and `--conns N` has the
+//! clients share N connections: together, the setup of etcd's benchmark
+//! (leader only, 100 connections for 1,000 clients), which measures raft and
+//! the API without the forwarding hop.
+//!
 //! With `--floor`, the same clients then spend as long reading one of their
 //! services by name: calls the control API answers from the local store,
 //! without raft. That rate is the most these cores can carry of calls this
