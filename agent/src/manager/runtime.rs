@@ -262,7 +262,8 @@ impl ManagerRuntime {
 
     /// The leader's raft id and member record, as this manager knows it.
     pub fn leader(&self) -> Option<(RaftId, RaftMember)> {
-        let metrics = self.metrics();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let member = metrics
             .membership_config
@@ -274,7 +275,8 @@ impl ManagerRuntime {
 
     /// All members (voters and learners) of the current membership.
     pub fn members(&self) -> Vec<(RaftId, RaftMember, bool)> {
-        let metrics = self.metrics();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
         membership
@@ -355,7 +357,8 @@ impl ManagerRuntime {
         if self.raft_stopped().is_some() {
             return false;
         }
-        let metrics = self.metrics();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         match metrics.current_leader {
             None => false,
             Some(leader) if leader == self.raft_id => !self.leader_lost_quorum(&metrics),
