@@ -218,7 +218,10 @@ impl ManagerRuntime {
     /// is none: an election may re-elect it): true then, false if raft
     /// stopped first.
     async fn leader_moves_from(&self, leader: RaftId) -> bool {
-        let mut metrics = self.raft.metrics();
+        // Raft's server metrics change only with the vote, role, leader or
+        // membership; its full metrics change with every append and apply,
+        // and every forwarded write in flight waits here.
+        let mut metrics = self.raft.server_metrics();
         loop {
             if metrics
                 .borrow_and_update()
