@@ -51,9 +51,11 @@ impl DataKey {
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new(self.0.as_ref().into());
         // 192-bit random nonces never repeat in practice, so no counter
-        // has to be kept (and kept durable) per key.
+        // has to be kept (and kept durable) per key. They come from the
+        // thread's CSPRNG (seeded and reseeded from the OS) rather than a
+        // getrandom call for every record sealed.
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         // Encryption with a valid key and in-memory buffers cannot fail.
