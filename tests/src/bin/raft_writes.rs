@@ -15,7 +15,8 @@
 //! size, the floor under which writes cannot go, as `docker-converge`
 //! measures the engine's.
 //!
-//! Last line: `writes_per_s=… p50_ms=… p99_ms=… [floor_calls_per_s=…]`.
+//! Last line: `writes_per_s=… p50_ms=… p99_ms=… clients=… to=… conns=… writes=…
+//! [floor_calls_per_s=…]`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -57,6 +58,14 @@ enum Target {
     Leader,
 }
 
+/// The connections `clients` clients share: `conns`, or one each for 0.
+fn connections(conns: usize, clients: usize) -> usize {
+    match conns {
+        0 => clients,
+        n => n.min(clients),
+    }
+}
+
 /// Runs `clients` clients, each making `call(client, its index, call
 /// number)` until `seconds` pass; answers every call's latency and the
 /// time taken.
@@ -73,11 +82,7 @@ where
 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let conns = if conns == 0 {
-        clients
-    } else {
-        conns.min(clients)
-    };
+    let conns = connections(conns, clients);
     let mut channels = Vec::with_capacity(conns);
     for n in 0..conns {
         channels.push(shoal_proto::transport::connect_unix(&sockets[n % sockets.len()]).await?);
@@ -145,11 +150,16 @@ fn main() -> Result<()> {
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     let mut figures = format!(
-        "writes_per_s={:.0} p50_ms={:.1} p99_ms={:.1} clients={} writes={}",
+        "writes_per_s={:.0} p50_ms={:.1} p99_ms={:.1} clients={} to={} conns={} writes={}",
         latencies.len() as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
         args.clients,
+        match args.to {
+            Target::All => "all",
+            Target::Leader => "leader",
+        },
+        connections(args.conns, args.clients),
         latencies.len()
     );
     if args.floor {
