@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_client::ControlClient;
 use shoal_tests::{Cluster, Executor, replica_less_service};
@@ -66,9 +66,9 @@ fn connections(conns: usize, clients: usize) -> usize {
     }
 }
 
-/// Runs `clients` clients, each making `call(client, its index, call
-/// number)` until `seconds` pass; answers every call's latency and the
-/// time taken.
+/// Runs `clients` clients on `conns` shared connections, each making
+/// `call(client, its index, call number)` until `seconds` pass; answers
+/// every call's latency and the time taken.
 async fn run_clients<F, Fut>(
     sockets: &[PathBuf],
     conns: usize,
@@ -82,7 +82,6 @@ where
 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let conns = connections(conns, clients);
     let mut channels = Vec::with_capacity(conns);
     for n in 0..conns {
         channels.push(shoal_proto::transport::connect_unix(&sockets[n % sockets.len()]).await?);
@@ -130,9 +129,10 @@ fn main() -> Result<()> {
         .filter(|a| leader.as_ref().is_none_or(|l| *l == a.name))
         .map(|a| a.socket.clone())
         .collect();
+    let conns = connections(args.conns, args.clients);
     let (mut latencies, elapsed) = runtime.block_on(run_clients(
         &sockets,
-        args.conns,
+        conns,
         args.clients,
         args.seconds,
         |mut client, c, i| async move {
@@ -155,18 +155,17 @@ fn main() -> Result<()> {
         pct(0.50),
         pct(0.99),
         args.clients,
-        match args.to {
-            Target::All => "all",
-            Target::Leader => "leader",
-        },
-        connections(args.conns, args.clients),
+        args.to
+            .to_possible_value()
+            .map_or_else(String::new, |value| value.get_name().to_string()),
+        conns,
         latencies.len()
     );
     if args.floor {
         // Every client made at least its first write, so `w{c}-1` exists.
         let (reads, elapsed) = runtime.block_on(run_clients(
             &sockets,
-            args.conns,
+            conns,
             args.clients,
             args.seconds,
             |mut client, c, _| async move {
