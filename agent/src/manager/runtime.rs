@@ -185,19 +185,21 @@ impl ManagerRuntime {
             .map_err(|e| e.to_string())
     }
 
-    /// Waits until some manager leads (or `timeout` passes).
+    /// Waits until some manager leads; None once `timeout` passes or raft
+    /// stops.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<RaftId> {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change only with the vote, role, leader or
+        // membership, not with every append.
+        let mut metrics = self.raft.server_metrics();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(leader) = metrics.borrow().current_leader {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
                 return Some(leader);
             }
-            if tokio::time::timeout_at(deadline, metrics.changed())
-                .await
-                .is_err()
-            {
-                return None;
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or raft stopped: no leader will come.
+                Ok(Err(_)) | Err(_) => return None,
             }
         }
     }
