@@ -62,22 +62,86 @@ pub async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, String> 
 
 /// Serves the control API on `listener` until `shutdown`, then removes the
 /// socket file.
+///
+/// Plain HTTP/2 in front of the one service the socket carries: tonic's
+/// server would add a router, boxed layers and connect info to every call,
+/// about a tenth of what a small write costs this side, and the socket
+/// needs none of them (file permissions are its only authority).
 pub async fn serve_unix(
     agent: Arc<Agent>,
     listener: tokio::net::UnixListener,
     path: &Path,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let result = tonic::transport::Server::builder()
-        .add_service(control(&agent))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown.cancelled(),
-        )
-        .await
-        .map_err(|e| format!("control socket: {e}"));
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let service = TowerToHyperService::new(control(&agent));
+    let mut connections = tokio::task::JoinSet::new();
+    let result = loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a client gone before it was
+                // accepted: the listener itself is fine.
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(error = %e, "accepting a control connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => break Err(format!("control socket: {e}")),
+            },
+            () = shutdown.cancelled() => break Ok(()),
+        };
+        while connections.try_join_next().is_some() {}
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            builder.http2().timer(TokioTimer::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.cancelled() => {
+                    // Calls under way finish; no new ones start.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    };
+    // A client holding a stream open does not hold up the stop for long.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(CONTROL_DRAIN, drained).await.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "closing control connections still open after {CONTROL_DRAIN:?}"
+        );
+        connections.shutdown().await;
+    }
     let _ = std::fs::remove_file(path);
     result
+}
+
+/// How long a stopping agent waits for control calls under way.
+const CONTROL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Accept errors that concern one connection or a passing shortage, not the
+/// listening socket.
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Fails early, with a clear message, when `addr` cannot be listened on.
