@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_server::Control;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::ProposeError;
@@ -201,6 +202,30 @@ fn written_service(manager: &ManagerRuntime, service: Service, version: u64) -> 
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Ends `stream` with UNAVAILABLE once the agent stops: a client following
+/// events or logs hears why its stream ended, and the stop does not wait
+/// for it to hang up.
+fn until_stopped<T: Send + 'static>(
+    stream: BoxStream<T>,
+    stopping: CancellationToken,
+) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(
+        Some((stream, stopping)),
+        |state| async move {
+            let (mut stream, stopping) = state?;
+            tokio::select! {
+                item = stream.next() => item.map(|item| (item, Some((stream, stopping)))),
+                () = stopping.cancelled() => Some((
+                    Err(Status::unavailable(
+                        "shoald on this node is stopping: reconnect once it is back",
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
 
 #[tonic::async_trait]
 impl Control for ControlService {
@@ -919,8 +944,9 @@ impl Control for ControlService {
             r.since_version,
             tx,
         ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(until_stopped(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            self.agent.shutdown.clone(),
         )))
     }
 
@@ -932,7 +958,10 @@ impl Control for ControlService {
     ) -> Result<Response<Self::LogsStream>, Status> {
         let manager = self.manager_for(&request).await?;
         let stream = super::logs::serve_logs(&self.agent, manager, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(until_stopped(
+            stream,
+            self.agent.shutdown.clone(),
+        )))
     }
 }
 
