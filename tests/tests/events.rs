@@ -106,3 +106,49 @@ fn events_report_failures_node_loss_and_leader_changes() -> Result<()> {
     let _ = events.wait();
     result
 }
+
+#[test]
+fn a_stopping_agent_ends_followed_events_with_the_reason() -> Result<()> {
+    let mut cluster = Cluster::start(1, 0, Executor::Sim)?;
+    let name = cluster.agents[0].name.clone();
+    let mut events = Command::new(shoal_path())
+        .arg("--socket")
+        .arg(&cluster.agent(&name).socket)
+        .arg("events")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting shoal events")?;
+    let result = (|| -> Result<()> {
+        // The stream is open once the node's own readiness came through;
+        // a moment is enough on the local socket.
+        std::thread::sleep(Duration::from_millis(500));
+        // Bounded by the harness: an agent waiting for its clients to hang
+        // up would not stop within its 20 s.
+        let status = cluster.agent_mut(&name).stop()?;
+        assert!(status.success(), "shoald exited with {status}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exited = loop {
+            if let Some(status) = events.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("shoal events still runs after its agent stopped");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = events.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+        }
+        assert!(!exited.success(), "shoal events exited with {exited}");
+        assert!(
+            stderr.contains("shoald on this node is stopping"),
+            "shoal events said: {stderr}"
+        );
+        Ok(())
+    })();
+    let _ = events.kill();
+    let _ = events.wait();
+    result
+}
