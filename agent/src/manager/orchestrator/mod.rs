@@ -151,7 +151,6 @@ pub async fn drive<R: Reconciler>(ctx: LeaderContext, mut reconciler: R) {
 /// transactions of one pass touch different objects, so their order does
 /// not matter; an op a concurrent commit made stale fails its own check.
 pub async fn commit(ctx: &LeaderContext, ops: Vec<Op>) -> Result<(), ProposeError> {
-    use futures::{StreamExt, TryStreamExt};
     let mut ops = ops.into_iter().peekable();
     let mut transactions = Vec::new();
     while ops.peek().is_some() {
@@ -161,6 +160,39 @@ pub async fn commit(ctx: &LeaderContext, ops: Vec<Op>) -> Result<(), ProposeErro
         }
         transactions.push(tx);
     }
+    propose_all(ctx, transactions).await
+}
+
+/// Commits `groups` of ops, each group whole in one transaction: a group
+/// that checks an object's version passes or fails with the ops it guards.
+pub async fn commit_groups(ctx: &LeaderContext, groups: Vec<Vec<Op>>) -> Result<(), ProposeError> {
+    propose_all(ctx, pack_groups(groups, now_ms())).await
+}
+
+/// Packs `groups` into transactions of up to [`BATCH`] ops without
+/// splitting any; a larger group goes alone.
+fn pack_groups(groups: Vec<Vec<Op>>, time: i64) -> Vec<Transaction> {
+    let mut transactions = Vec::new();
+    let mut tx = Transaction::new(time);
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        if !tx.is_empty() && tx.len() + group.len() > BATCH {
+            transactions.push(std::mem::replace(&mut tx, Transaction::new(time)));
+        }
+        for op in group {
+            tx.push(op);
+        }
+    }
+    if !tx.is_empty() {
+        transactions.push(tx);
+    }
+    transactions
+}
+
+async fn propose_all(
+    ctx: &LeaderContext,
+    transactions: Vec<Transaction>,
+) -> Result<(), ProposeError> {
+    use futures::{StreamExt, TryStreamExt};
     futures::stream::iter(transactions)
         .map(|tx| ctx.proposer.propose(tx))
         .buffer_unordered(IN_FLIGHT)
@@ -234,5 +266,32 @@ pub fn slot_key(task: &Task) -> (u64, String) {
         (0, task.node_id.clone())
     } else {
         (task.slot, String::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(len: usize) -> Vec<Op> {
+        (0..len)
+            .map(|i| {
+                Op::Patch(Patch::TaskDesiredState {
+                    id: format!("t{i}"),
+                    state: TaskState::Shutdown,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn groups_share_transactions_but_are_never_split() {
+        let sizes = |txs: &[Transaction]| txs.iter().map(Transaction::len).collect::<Vec<_>>();
+        let packed = pack_groups(vec![group(600), group(300), group(200), vec![]], 0);
+        assert_eq!(sizes(&packed), vec![900, 200]);
+        // A group larger than a batch goes alone, whole.
+        let packed = pack_groups(vec![group(10), group(BATCH + 5), group(10)], 0);
+        assert_eq!(sizes(&packed), vec![10, BATCH + 5, 10]);
+        assert!(pack_groups(vec![vec![], vec![]], 0).is_empty());
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{LeaderContext, Reconciler, commit, holds_slot, new_task, shutdown, slot_key};
+use super::{LeaderContext, Reconciler, commit_groups, holds_slot, new_task, shutdown, slot_key};
 use crate::ids::{now_ms, short};
 use crate::manager::ProposeError;
 use crate::store::*;
@@ -68,7 +68,7 @@ impl Reconciler for Updates {
         let now = Instant::now();
         let now_wall = now_ms();
         self.wake_at = None;
-        let ops = {
+        let groups = {
             let tables = ctx.store.read();
             // Services mid-update are looked at on every pass: their
             // timers (delay, monitor period) fire without store events.
@@ -94,12 +94,16 @@ impl Reconciler for Updates {
                 })
                 .map(|s| s.meta.id.clone())
                 .collect();
-            let mut ops = Vec::new();
+            // A service's ops commit together: a batch is guarded by its
+            // service's version (see `step`).
+            let mut groups = Vec::new();
             for service in services {
                 let plan = Plan::of(&tables, &service, now_wall);
+                let mut ops = Vec::new();
                 self.step(&service, &plan, now, now_wall, &mut ops);
+                groups.push(ops);
             }
-            ops
+            groups
         };
         self.dirty.clear();
         // Forget services that are gone.
@@ -110,7 +114,7 @@ impl Reconciler for Updates {
             self.batch_in_flight
                 .retain(|id| tables.services.get(id).is_some());
         }
-        commit(ctx, ops).await
+        commit_groups(ctx, groups).await
     }
 
     fn next_deadline(&self) -> Option<Duration> {
@@ -353,6 +357,10 @@ impl Updates {
             return;
         }
         self.next_batch_at.remove(id);
+        // The batch holds only if the service is still as read: a pause or
+        // a new spec committed meanwhile fails the whole transaction, and
+        // the next pass sees it instead of replacing one more batch.
+        ops.push(Op::Update(service.clone().into_object()));
         for old in plan.outdated.iter().take(parallelism) {
             let Some(first) = old.first() else { continue };
             let mut replacement = new_task(service, first.slot, "", TaskState::Pending);
