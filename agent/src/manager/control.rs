@@ -768,83 +768,91 @@ impl Control for ControlService {
             }
             _ => None,
         };
-        let service = {
-            let tables = manager.store.read();
-            let current = tables.find_service(&r.service)?;
-            check_service_version(&current, r.version)?;
-            let mut service = (*current).clone();
-            let now = now_ms();
-            match wanted {
-                None => {
-                    let Some(previous) = service.previous_spec.take() else {
-                        return Err(Status::failed_precondition(format!(
-                            "service {} has no previous spec to roll back to",
-                            service.spec.name
-                        )));
-                    };
-                    service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
-                    service.update_status = Some(UpdateStatus {
-                        state: UpdateState::RollbackStarted,
-                        started_at: now,
-                        completed_at: 0,
-                        message: "manually requested rollback".into(),
-                    });
-                }
-                Some(mut spec) => {
-                    if spec.mode != service.spec.mode {
-                        return Err(Status::invalid_argument(format!(
-                            "service {} is {:?}: its mode cannot change; remove it and create it \
-                             again",
-                            service.spec.name, service.spec.mode
-                        )));
-                    }
-                    if spec.name.is_empty() {
-                        spec.name = service.spec.name.clone();
-                    }
-                    if spec.name != service.spec.name {
-                        return Err(Status::invalid_argument(format!(
-                            "service {} cannot be renamed",
-                            service.spec.name
-                        )));
-                    }
-                    validate::service_spec(&spec).map_err(Status::invalid_argument)?;
-                    let paused =
-                        service.update_status.as_ref().map(|u| u.state).filter(|s| {
-                            matches!(s, UpdateState::Paused | UpdateState::RollbackPaused)
-                        });
-                    if spec.task != service.spec.task {
-                        service.previous_spec = Some(service.spec.clone());
-                        // The update supervisor sets the new status when it
-                        // starts replacing tasks.
-                        service.update_status = None;
-                    } else if let Some(paused) = paused {
-                        // Updating a paused service resumes it where it
-                        // stopped: a rollback stays a rollback (with its own
-                        // config), and an update whose last batch was
-                        // already out still gets its verdict. Failures count
-                        // from now, or the ones that paused it would pause
-                        // it again at once.
-                        let (state, message) = if paused == UpdateState::RollbackPaused {
-                            (UpdateState::RollbackStarted, "rollback resumed")
-                        } else {
-                            (UpdateState::Updating, "update resumed")
+        // The update supervisor writes the service too (update status, and
+        // a version check with each batch): a write that lost that race is
+        // tried again on a fresh read, and one naming an old version is
+        // still refused.
+        let (service, version) = with_conflict_retry(|| async {
+            let service = {
+                let tables = manager.store.read();
+                let current = tables.find_service(&r.service)?;
+                check_service_version(&current, r.version)?;
+                let mut service = (*current).clone();
+                let now = now_ms();
+                match wanted.clone() {
+                    None => {
+                        let Some(previous) = service.previous_spec.take() else {
+                            return Err(Status::failed_precondition(format!(
+                                "service {} has no previous spec to roll back to",
+                                service.spec.name
+                            )));
                         };
+                        service.previous_spec = Some(std::mem::replace(&mut service.spec, previous));
                         service.update_status = Some(UpdateStatus {
-                            state,
+                            state: UpdateState::RollbackStarted,
                             started_at: now,
                             completed_at: 0,
-                            message: message.into(),
+                            message: "manually requested rollback".into(),
                         });
                     }
-                    service.spec = spec;
+                    Some(mut spec) => {
+                        if spec.mode != service.spec.mode {
+                            return Err(Status::invalid_argument(format!(
+                                "service {} is {:?}: its mode cannot change; remove it and create it \
+                                 again",
+                                service.spec.name, service.spec.mode
+                            )));
+                        }
+                        if spec.name.is_empty() {
+                            spec.name = service.spec.name.clone();
+                        }
+                        if spec.name != service.spec.name {
+                            return Err(Status::invalid_argument(format!(
+                                "service {} cannot be renamed",
+                                service.spec.name
+                            )));
+                        }
+                        validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+                        let paused =
+                            service.update_status.as_ref().map(|u| u.state).filter(|s| {
+                                matches!(s, UpdateState::Paused | UpdateState::RollbackPaused)
+                            });
+                        if spec.task != service.spec.task {
+                            service.previous_spec = Some(service.spec.clone());
+                            // The update supervisor sets the new status when it
+                            // starts replacing tasks.
+                            service.update_status = None;
+                        } else if let Some(paused) = paused {
+                            // Updating a paused service resumes it where it
+                            // stopped: a rollback stays a rollback (with its own
+                            // config), and an update whose last batch was
+                            // already out still gets its verdict. Failures count
+                            // from now, or the ones that paused it would pause
+                            // it again at once.
+                            let (state, message) = if paused == UpdateState::RollbackPaused {
+                                (UpdateState::RollbackStarted, "rollback resumed")
+                            } else {
+                                (UpdateState::Updating, "update resumed")
+                            };
+                            service.update_status = Some(UpdateStatus {
+                                state,
+                                started_at: now,
+                                completed_at: 0,
+                                message: message.into(),
+                            });
+                        }
+                        service.spec = spec;
+                    }
                 }
-            }
-            service.meta.updated_at = now;
-            service
-        };
-        let version = manager
-            .propose(Transaction::new(now_ms()).update(service.clone()))
-            .await?;
+                service.meta.updated_at = now;
+                service
+            };
+            let version = manager
+                .propose(Transaction::new(now_ms()).update(service.clone()))
+                .await?;
+            Ok((service, version))
+        })
+        .await?;
         Ok(Response::new(pb::UpdateServiceResponse {
             service: Some(written_service(&manager, service, version)),
         }))

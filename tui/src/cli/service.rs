@@ -828,7 +828,11 @@ pub async fn run(target: &Target, command: ServiceCommand) -> anyhow::Result<()>
             let updated = client
                 .update_service(pb::UpdateServiceRequest {
                     service: service_id(&current).to_string(),
-                    version: current.meta.as_ref().map(|m| m.version).unwrap_or(0),
+                    // What runs now is rolled back, as `docker service
+                    // rollback` does: the update supervisor writes the
+                    // service as it goes, and a version read a moment ago
+                    // would make the rollback fail for that alone.
+                    version: 0,
                     spec: None,
                     rollback: true,
                     pause: false,
