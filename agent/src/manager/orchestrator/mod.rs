@@ -169,16 +169,20 @@ pub async fn commit_groups(ctx: &LeaderContext, groups: Vec<Vec<Op>>) -> Result<
     propose_all(ctx, pack_groups(groups, now_ms())).await
 }
 
-/// Packs `groups` into transactions of up to [`BATCH`] ops without
-/// splitting any; a larger group goes alone.
+/// Packs `groups` into transactions of up to [`BATCH`] ops, never splitting
+/// a group that fits in one. A larger group (which carries no version
+/// check: raft messages are bounded) is cut where the transactions fill.
 fn pack_groups(groups: Vec<Vec<Op>>, time: i64) -> Vec<Transaction> {
     let mut transactions = Vec::new();
     let mut tx = Transaction::new(time);
-    for group in groups.into_iter().filter(|g| !g.is_empty()) {
-        if !tx.is_empty() && tx.len() + group.len() > BATCH {
+    for group in groups {
+        if group.len() <= BATCH && tx.len() + group.len() > BATCH {
             transactions.push(std::mem::replace(&mut tx, Transaction::new(time)));
         }
         for op in group {
+            if tx.len() == BATCH {
+                transactions.push(std::mem::replace(&mut tx, Transaction::new(time)));
+            }
             tx.push(op);
         }
     }
@@ -285,13 +289,13 @@ mod tests {
     }
 
     #[test]
-    fn groups_share_transactions_but_are_never_split() {
+    fn groups_that_fit_share_transactions_but_are_never_split() {
         let sizes = |txs: &[Transaction]| txs.iter().map(Transaction::len).collect::<Vec<_>>();
         let packed = pack_groups(vec![group(600), group(300), group(200), vec![]], 0);
         assert_eq!(sizes(&packed), vec![900, 200]);
-        // A group larger than a batch goes alone, whole.
+        // A group larger than a transaction may hold is cut where they fill.
         let packed = pack_groups(vec![group(10), group(BATCH + 5), group(10)], 0);
-        assert_eq!(sizes(&packed), vec![10, BATCH + 5, 10]);
+        assert_eq!(sizes(&packed), vec![BATCH, 25]);
         assert!(pack_groups(vec![vec![], vec![]], 0).is_empty());
     }
 }

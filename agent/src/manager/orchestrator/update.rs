@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{LeaderContext, Reconciler, commit_groups, holds_slot, new_task, shutdown, slot_key};
+use super::{
+    BATCH, LeaderContext, Reconciler, commit_groups, holds_slot, new_task, shutdown, slot_key,
+};
 use crate::ids::{now_ms, short};
 use crate::manager::ProposeError;
 use crate::store::*;
@@ -357,10 +359,7 @@ impl Updates {
             return;
         }
         self.next_batch_at.remove(id);
-        // The batch holds only if the service is still as read: a pause or
-        // a new spec committed meanwhile fails the whole transaction, and
-        // the next pass sees it instead of replacing one more batch.
-        ops.push(Op::Update(service.clone().into_object()));
+        let mut batch = Vec::new();
         for old in plan.outdated.iter().take(parallelism) {
             let Some(first) = old.first() else { continue };
             let mut replacement = new_task(service, first.slot, "", TaskState::Pending);
@@ -369,10 +368,19 @@ impl Updates {
                 replacement.node_id = first.node_id.clone();
             }
             if config.order == UpdateOrder::StopFirst {
-                ops.extend(old.iter().map(|t| shutdown(t)));
+                batch.extend(old.iter().map(|t| shutdown(t)));
             }
-            ops.push(Op::Create(replacement.into_object()));
+            batch.push(Op::Create(replacement.into_object()));
         }
+        // The batch holds only if the service is still as read: a pause or
+        // a new spec committed meanwhile fails the whole transaction, and
+        // the next pass sees it instead of replacing one more batch. A
+        // batch too large for one transaction (all slots of a large service
+        // at once) goes unguarded in several.
+        if ops.len() + batch.len() < BATCH {
+            ops.push(Op::Update(service.clone().into_object()));
+        }
+        ops.extend(batch);
         self.batch_in_flight.insert(id.clone());
     }
 
