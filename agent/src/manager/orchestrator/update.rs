@@ -388,3 +388,120 @@ impl Updates {
         self.wake_at = Some(self.wake_at.map_or(at, |current| current.min(at)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_id(index: u64) -> crate::raft::types::LogId {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn apply(store: &Store, index: u64, tx: Transaction) -> TxResult {
+        let mut results = store.apply(log_id(index), &[tx]);
+        results.remove(0)
+    }
+
+    fn spec(image: &str) -> TaskSpec {
+        TaskSpec {
+            container: ContainerSpec {
+                image: image.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A service updating from image `old` to `new`, two slots still old.
+    fn updating_service(store: &Store) {
+        let service = Service {
+            meta: Meta::new("s1".into(), 1),
+            spec: ServiceSpec {
+                name: "web".into(),
+                replicas: 2,
+                task: spec("new"),
+                ..Default::default()
+            },
+            previous_spec: None,
+            update_status: Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: 1,
+                completed_at: 0,
+                message: "update in progress".into(),
+            }),
+        };
+        let mut tx = Transaction::new(1).create(service);
+        for slot in 1..=2 {
+            tx = tx.create(Task {
+                meta: Meta::new(format!("t{slot}"), 1),
+                service_id: "s1".into(),
+                slot,
+                spec: spec("old"),
+                desired_state: TaskState::Running,
+                status: TaskStatus {
+                    state: TaskState::Running,
+                    timestamp: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        }
+        assert!(apply(store, 1, tx).is_ok());
+    }
+
+    /// The supervisor's next batch for `s1`, planned from the store as it
+    /// is now.
+    fn next_batch(updates: &mut Updates, store: &Store) -> Vec<Op> {
+        let tables = store.read();
+        let service = tables.services.get("s1").cloned().expect("s1 exists");
+        let now_wall = now_ms();
+        let plan = Plan::of(&tables, &service, now_wall);
+        let mut ops = Vec::new();
+        updates.step(&service, &plan, Instant::now(), now_wall, &mut ops);
+        ops
+    }
+
+    #[test]
+    fn a_batch_planned_before_a_pause_replaces_nothing_after_it() {
+        let store = Store::new();
+        updating_service(&store);
+        let mut updates = Updates::default();
+        let batch = next_batch(&mut updates, &store);
+        assert!(
+            batch
+                .iter()
+                .any(|op| matches!(op, Op::Create(Object::Task(_)))),
+            "{batch:?}"
+        );
+
+        // The operator's pause commits between the plan and its proposal.
+        let mut paused = (**store.read().services.get("s1").expect("s1")).clone();
+        paused.update_status = Some(UpdateStatus {
+            state: UpdateState::Paused,
+            started_at: 1,
+            completed_at: 0,
+            message: "paused by the operator".into(),
+        });
+        assert!(apply(&store, 2, Transaction::new(2).update(paused)).is_ok());
+
+        let mut tx = Transaction::new(3);
+        for op in batch {
+            tx.push(op);
+        }
+        assert!(
+            matches!(apply(&store, 3, tx), Err(TxError::Conflict { .. })),
+            "the batch committed after the pause"
+        );
+        let tables = store.read();
+        assert_eq!(tables.tasks_of_service("s1").count(), 2);
+        assert!(
+            tables
+                .tasks_of_service("s1")
+                .all(|t| t.desired_state == TaskState::Running),
+            "an old task was shut down"
+        );
+        // Planned again, the paused service gets no batch.
+        drop(tables);
+        assert!(next_batch(&mut updates, &store).is_empty());
+    }
+}
