@@ -251,12 +251,14 @@ pub struct Tables {
     pub services: Table<Service>,
     pub tasks: Table<Task>,
     pub clusters: Table<Cluster>,
-    /// Tasks by service id and by node id, holding the same `Arc`s as
-    /// `tasks` so that walking a service's 100,000 tasks costs no lookups.
-    /// A service's tasks are ordered by slot, so that one slot's history is
-    /// a range rather than a walk of the service.
-    tasks_by_service: HashMap<String, BTreeMap<(u64, String), Arc<Task>>>,
-    tasks_by_node: HashMap<String, TaskIndex>,
+    /// Tasks by service id and by node id (Fx hash, as the tables: ids are
+    /// made by managers), holding the same `Arc`s as `tasks` so that walking
+    /// a service's 100,000 tasks costs no lookups. A service's tasks are
+    /// ordered by slot, so that one slot's history is a range rather than a
+    /// walk of the service. Names are chosen by operators and keep std's
+    /// keyed hash.
+    tasks_by_service: FxHashMap<String, BTreeMap<(u64, String), Arc<Task>>>,
+    tasks_by_node: FxHashMap<String, TaskIndex>,
     service_by_name: HashMap<String, String>,
     /// Raft index of the last applied entry: the store's version.
     pub version: u64,
@@ -695,7 +697,11 @@ impl Tables {
 /// Tasks of one node, by id.
 type TaskIndex = BTreeMap<String, Arc<Task>>;
 
-fn remove_index<K: Ord>(index: &mut HashMap<String, BTreeMap<K, Arc<Task>>>, key: &str, entry: &K) {
+fn remove_index<K: Ord>(
+    index: &mut FxHashMap<String, BTreeMap<K, Arc<Task>>>,
+    key: &str,
+    entry: &K,
+) {
     if let Some(set) = index.get_mut(key) {
         set.remove(entry);
         if set.is_empty() {
