@@ -188,18 +188,26 @@ impl ManagerRuntime {
     /// Waits until some manager leads; None once `timeout` passes or raft
     /// stops.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<RaftId> {
-        // The server metrics change only with the vote, role, leader or
-        // membership, not with every append.
+        tokio::time::timeout(timeout, self.leader_where(|_| true))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits until raft names a leader that `wanted` accepts (not while
+    /// there is none): that leader, or None if raft stopped first.
+    async fn leader_where(&self, wanted: impl Fn(RaftId) -> bool) -> Option<RaftId> {
+        // Raft's server metrics change only with the vote, role, leader or
+        // membership; its full metrics change with every append and apply,
+        // and every forwarded write in flight waits here.
         let mut metrics = self.raft.server_metrics();
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(leader) = metrics.borrow_and_update().current_leader {
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(leader) = leader.filter(|l| wanted(*l)) {
                 return Some(leader);
             }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out, or raft stopped: no leader will come.
-                Ok(Err(_)) | Err(_) => return None,
+            if metrics.changed().await.is_err() {
+                return None;
             }
         }
     }
@@ -220,22 +228,7 @@ impl ManagerRuntime {
     /// is none: an election may re-elect it): true then, false if raft
     /// stopped first.
     async fn leader_moves_from(&self, leader: RaftId) -> bool {
-        // Raft's server metrics change only with the vote, role, leader or
-        // membership; its full metrics change with every append and apply,
-        // and every forwarded write in flight waits here.
-        let mut metrics = self.raft.server_metrics();
-        loop {
-            if metrics
-                .borrow_and_update()
-                .current_leader
-                .is_some_and(|l| l != leader)
-            {
-                return true;
-            }
-            if metrics.changed().await.is_err() {
-                return false;
-            }
-        }
+        self.leader_where(|l| l != leader).await.is_some()
     }
 
     pub fn metrics(&self) -> RaftMetrics {
