@@ -151,22 +151,19 @@ pub async fn drive<R: Reconciler>(ctx: LeaderContext, mut reconciler: R) {
 /// transactions of one pass touch different objects, so their order does
 /// not matter; an op a concurrent commit made stale fails its own check.
 pub async fn commit(ctx: &LeaderContext, ops: Vec<Op>) -> Result<(), ProposeError> {
-    let mut ops = ops.into_iter().peekable();
-    let mut transactions = Vec::new();
-    while ops.peek().is_some() {
-        let mut tx = Transaction::new(now_ms());
-        for op in ops.by_ref().take(BATCH) {
-            tx.push(op);
-        }
-        transactions.push(tx);
-    }
-    propose_all(ctx, transactions).await
+    // One group larger than a transaction is cut where transactions fill.
+    commit_groups(ctx, vec![ops]).await
 }
 
 /// Commits `groups` of ops, each group whole in one transaction: a group
 /// that checks an object's version passes or fails with the ops it guards.
 pub async fn commit_groups(ctx: &LeaderContext, groups: Vec<Vec<Op>>) -> Result<(), ProposeError> {
-    propose_all(ctx, pack_groups(groups, now_ms())).await
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(pack_groups(groups, now_ms()))
+        .map(|tx| ctx.proposer.propose(tx))
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
 
 /// Packs `groups` into transactions of up to [`BATCH`] ops, never splitting
@@ -190,18 +187,6 @@ fn pack_groups(groups: Vec<Vec<Op>>, time: i64) -> Vec<Transaction> {
         transactions.push(tx);
     }
     transactions
-}
-
-async fn propose_all(
-    ctx: &LeaderContext,
-    transactions: Vec<Transaction>,
-) -> Result<(), ProposeError> {
-    use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(transactions)
-        .map(|tx| ctx.proposer.propose(tx))
-        .buffer_unordered(IN_FLIGHT)
-        .try_for_each(|_| async { Ok(()) })
-        .await
 }
 
 /// A new task for `service` in `slot` (replicated) or on `node_id`
