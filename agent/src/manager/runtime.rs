@@ -710,23 +710,35 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
     let mut current_leader: Option<RaftId> = None;
     let mut leading: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)> = None;
     loop {
-        let snapshot = metrics.borrow().clone();
-        if let Some(cause) = raft_failure(&snapshot.running_state) {
-            tracing::error!("{}", super::raft_stopped_message(&cause));
-        }
-        if snapshot.current_leader != current_leader {
+        // Read in place: the metrics change with every append and apply,
+        // and a copy of them each time is all allocation.
+        let (failure, leader, is_leader, names) = {
+            let m = metrics.borrow();
             let name = |id: Option<RaftId>| {
                 id.and_then(|id| {
-                    snapshot
-                        .membership_config
+                    m.membership_config
                         .membership()
                         .get_node(&id)
-                        .map(|m| m.node_id.clone())
+                        .map(|member| member.node_id.clone())
                 })
             };
+            let names = (m.current_leader != current_leader)
+                .then(|| (name(current_leader), name(m.current_leader)));
+            (
+                raft_failure(&m.running_state),
+                m.current_leader,
+                m.current_leader == Some(runtime.raft_id)
+                    && m.state == openraft::ServerState::Leader,
+                names,
+            )
+        };
+        if let Some(cause) = failure {
+            tracing::error!("{}", super::raft_stopped_message(&cause));
+        }
+        if let Some((old, new)) = names {
             let event = ClusterEvent::LeaderChanged {
-                old: name(current_leader),
-                new: name(snapshot.current_leader),
+                old,
+                new,
                 time: crate::ids::now_ms(),
             };
             tracing::info!(?event, "leader changed");
@@ -734,10 +746,8 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
                 .leader_changes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = runtime.events.send(event);
-            current_leader = snapshot.current_leader;
+            current_leader = leader;
         }
-        let is_leader = snapshot.current_leader == Some(runtime.raft_id)
-            && snapshot.state == openraft::ServerState::Leader;
         match (&leading, is_leader) {
             (None, true) => {
                 let token = runtime.shutdown.child_token();

@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::runtime::{ManagerRuntime, RaftTiming};
 use crate::pki::tls::NodeTls;
 use crate::pki::token::UnlockKey;
 use crate::raft::log_store::RaftDb;
-use crate::store::{NodeDescription, Role};
+use crate::store::{Kind, NodeDescription, Role};
 use crate::worker::executor::Executor;
 use crate::worker::{Worker, WorkerConfig};
 use state::{DataDir, Keys, Membership, StateError};
@@ -416,16 +417,21 @@ async fn follow_unlock_key(
                 }
             }
         }
-        tokio::select! {
-            // Any change (or a missed one) is a reason to look again; the
-            // check itself is a read and a comparison.
-            change = changes.recv() => {
-                if matches!(change, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
-                }
+        let recheck = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(recheck);
+        loop {
+            tokio::select! {
+                // The key lives in the cluster object: a change to it (or a
+                // missed change) is a reason to look again, other writes
+                // are not.
+                change = changes.recv() => match change {
+                    Ok(change) if !change.touches(Kind::Cluster) => continue,
+                    Err(RecvError::Closed) => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => break,
+                },
+                () = active.shutdown.cancelled() => return,
+                () = &mut recheck => break,
             }
-            () = active.shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

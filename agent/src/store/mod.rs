@@ -185,6 +185,14 @@ pub struct Changes {
     pub reset: bool,
 }
 
+impl Changes {
+    /// Whether a follower of `kind` objects has anything to look at here
+    /// (a reset replaced everything, so it touches every kind).
+    pub fn touches(&self, kind: Kind) -> bool {
+        self.reset || self.events.iter().any(|e| e.object.kind() == kind)
+    }
+}
+
 // ------------------------------------------------------------------ tables
 
 /// One kind's objects, by id, in no particular order. Objects are shared
