@@ -524,7 +524,8 @@ impl Control for ControlService {
     ) -> Result<Response<pb::RotateRootCaResponse>, Status> {
         self.manager_for(&request).await?;
         Err(Status::unimplemented(
-            "root CA rotation is not supported yet: see ARCHITECTURE.md for the planned design",
+            "root CA rotation is not supported yet: the planned design is under 'Root CA rotation' \
+             in ARCHITECTURE.md",
         ))
     }
 
