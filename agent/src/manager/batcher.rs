@@ -12,8 +12,8 @@
 //! goes out at once.
 //!
 //! The leader has one batcher in front of raft (a batch is one raft entry,
-//! a [`Proposal`]); a follower has one per leader address in front of the
-//! `Propose` RPC.
+//! a [`Proposal`]); a follower has one per leader address in front of its
+//! [`super::forward::Forwarder`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,8 +33,9 @@ use crate::store::Transaction;
 /// entries, more of them). Before the pipeline, 1 and 2 did about as well.
 const RAFT_IN_FLIGHT: usize = 1;
 
-/// Forwarding calls a follower's batcher has in flight, at most: 1, 2 and
-/// 4 did the same within the spread of runs.
+/// Forwarded batches a follower's batcher has in flight, at most: 1, 2 and
+/// 4 did the same within the spread of runs (as calls, and 1 and 2 again
+/// on a stream).
 const FORWARDED_IN_FLIGHT: usize = 2;
 
 /// Ops gathered into one batch, at most (a single larger transaction goes

@@ -11,6 +11,7 @@ pub mod ca_service;
 pub mod control;
 pub mod dispatcher;
 pub mod dispatcher_service;
+pub mod forward;
 pub mod info;
 pub mod logs;
 pub mod orchestrator;

@@ -133,6 +133,25 @@ async fn append(
     })
 }
 
+/// Forwarded batches of one stream proposed at once, at most; the
+/// follower's batcher keeps fewer than this in flight.
+const PROPOSALS_AT_ONCE: usize = 8;
+
+/// Proposes one forwarded batch (postcard of its transactions) and encodes
+/// the outcomes.
+async fn propose(
+    manager: &ManagerRuntime,
+    transactions: &[u8],
+) -> Result<pb::ProposeResponse, Status> {
+    let txs: Vec<Transaction> = decode(transactions).map_err(wire)?;
+    // Forwarded writes are never forwarded again: a follower that thinks
+    // we lead gets told otherwise and re-resolves.
+    let outcomes = manager.propose_all_local(txs).await;
+    Ok(pb::ProposeResponse {
+        outcomes: encode(&outcomes).map_err(wire)?,
+    })
+}
+
 #[tonic::async_trait]
 impl RaftApi for RaftService {
     async fn append_entries(
@@ -209,13 +228,35 @@ impl RaftApi for RaftService {
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let (manager, _) = self.authorize(&request, true).await?;
-        let txs: Vec<Transaction> = decode(&request.get_ref().transactions).map_err(wire)?;
-        // Forwarded writes are never forwarded again: a follower that
-        // thinks we lead gets told otherwise and re-resolves.
-        let outcomes = manager.propose_all_local(txs).await;
-        Ok(Response::new(pb::ProposeResponse {
-            outcomes: encode(&outcomes).map_err(wire)?,
-        }))
+        let answer = propose(&manager, &request.get_ref().transactions).await?;
+        Ok(Response::new(answer))
+    }
+
+    type ProposeStreamStream = BoxStream<pb::ProposeResponse>;
+
+    /// A follower's forwarded batches. Several are proposed at once (so
+    /// that they can share raft entries) and answered in the order they
+    /// came; each is authorized as a call would be.
+    async fn propose_stream(
+        &self,
+        request: Request<Streaming<pb::ProposeRequest>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        let caller = Caller::of(&request);
+        self.authorize_caller(&caller, true).await?;
+        let service = self.clone();
+        let answers = request
+            .into_inner()
+            .map(move |message| {
+                let service = service.clone();
+                let caller = caller.clone();
+                async move {
+                    let message = message?;
+                    let (manager, _) = service.authorize_caller(&caller, true).await?;
+                    propose(&manager, &message.transactions).await
+                }
+            })
+            .buffered(PROPOSALS_AT_ONCE);
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn join_raft(

@@ -13,12 +13,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use shoal_proto::v1::raft_client::RaftClient;
-use shoal_proto::v1::{JoinRaftRequest, LeaveRaftRequest, ProposeRequest};
+use shoal_proto::v1::{JoinRaftRequest, LeaveRaftRequest};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::batcher::{Outcome, ProposalBatcher};
+use super::forward::Forwarder;
 use super::{LeaderContext, ProposeError, Proposer};
 use crate::pki::tls::NodeTls;
 use crate::raft::log_store::RaftDb;
@@ -53,7 +54,7 @@ impl Default for RaftTiming {
 pub const LOG_ENTRIES_FOR_SLOW_FOLLOWERS: u64 = 500;
 
 /// How long a write may wait for commit before the caller is told.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Raft happenings that are not store changes, for `Watch` and events.
 #[derive(Clone, Debug)]
@@ -497,9 +498,10 @@ impl ManagerRuntime {
                 Some(forwarder) => forwarder.clone(),
                 None => {
                     let client = self.leader_client(leader_addr)?;
-                    let addr = leader_addr.to_string();
+                    let stream = Arc::new(Forwarder::new(client, leader_addr.to_string()));
                     let forwarder = ProposalBatcher::start(move |txs| {
-                        forward_batch(client.clone(), addr.clone(), txs)
+                        let stream = stream.clone();
+                        async move { stream.forward(txs).await }
                     });
                     forwarders.insert(leader_addr.to_string(), forwarder.clone());
                     forwarder
@@ -669,26 +671,6 @@ impl ManagerRuntime {
 pub const LEADER_ADDR_HEADER: &str = "shoal-leader-addr";
 
 /// One `Propose` call carrying a batch of forwarded writes.
-async fn forward_batch(
-    mut client: RaftClient<Channel>,
-    leader_addr: String,
-    txs: Vec<Transaction>,
-) -> Result<Vec<Outcome>, ProposeError> {
-    let transactions = network::encode(&txs).map_err(|e| ProposeError::Raft(e.to_string()))?;
-    let call = client.propose(ProposeRequest { transactions });
-    let response = match tokio::time::timeout(WRITE_TIMEOUT, call).await {
-        Err(_) => return Err(ProposeError::Timeout),
-        Ok(Err(status)) => {
-            return Err(ProposeError::Raft(format!(
-                "forwarding to the leader at {leader_addr}: {}",
-                status.message()
-            )));
-        }
-        Ok(Ok(response)) => response.into_inner(),
-    };
-    network::decode(&response.outcomes).map_err(|e| ProposeError::Raft(e.to_string()))
-}
-
 async fn propose_on(proposals: &ProposalBatcher, tx: Transaction) -> Result<u64, ProposeError> {
     tokio::time::timeout(WRITE_TIMEOUT, proposals.propose(tx))
         .await
