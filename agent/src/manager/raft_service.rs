@@ -95,6 +95,28 @@ impl RaftService {
         Ok((manager, identity.node_id.clone()))
     }
 
+    /// The messages of a stream from a member, each authorized again as a
+    /// call would be when it is taken, so that a member removed meanwhile,
+    /// or a raft that stopped, ends the stream.
+    async fn authorized_messages<T: Send + 'static>(
+        &self,
+        request: Request<Streaming<T>>,
+    ) -> Result<impl Stream<Item = Result<(Arc<ManagerRuntime>, T), Status>> + Send + 'static, Status>
+    {
+        let caller = Caller::of(&request);
+        self.authorize_caller(&caller, true).await?;
+        let service = self.clone();
+        Ok(request.into_inner().then(move |message| {
+            let service = service.clone();
+            let caller = caller.clone();
+            async move {
+                let message = message?;
+                let (manager, _) = service.authorize_caller(&caller, true).await?;
+                Ok((manager, message))
+            }
+        }))
+    }
+
     /// A refusal that tells the caller where the leader is.
     fn not_leader(manager: &ManagerRuntime) -> Status {
         let mut status = Status::failed_precondition("this manager is not the leader");
@@ -172,29 +194,20 @@ impl RaftApi for RaftService {
 
     /// Pipelined replication from the leader. Messages are taken one at a
     /// time in the order they came (raft needs them in order; separate
-    /// calls could overtake each other), and each is authorized as a call
-    /// would be, so that a member removed meanwhile, or a raft that
-    /// stopped, ends the stream.
+    /// calls could overtake each other).
     async fn append_stream(
         &self,
         request: Request<Streaming<pb::RaftPayload>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let caller = Caller::of(&request);
-        self.authorize_caller(&caller, true).await?;
-        let service = self.clone();
-        let answers = request.into_inner().then(move |message| {
-            let service = service.clone();
-            let caller = caller.clone();
-            async move {
-                let message = message?;
-                let (manager, _) = service.authorize_caller(&caller, true).await?;
-                append(
-                    &manager,
-                    &message.data,
-                    &METRICS.raft_appends_received_streamed,
-                )
-                .await
-            }
+        let messages = self.authorized_messages(request).await?;
+        let answers = messages.then(|message| async move {
+            let (manager, message) = message?;
+            append(
+                &manager,
+                &message.data,
+                &METRICS.raft_appends_received_streamed,
+            )
+            .await
         });
         Ok(Response::new(Box::pin(answers)))
     }
@@ -236,24 +249,16 @@ impl RaftApi for RaftService {
 
     /// A follower's forwarded batches. Several are proposed at once (so
     /// that they can share raft entries) and answered in the order they
-    /// came; each is authorized as a call would be.
+    /// came.
     async fn propose_stream(
         &self,
         request: Request<Streaming<pb::ProposeRequest>>,
     ) -> Result<Response<Self::ProposeStreamStream>, Status> {
-        let caller = Caller::of(&request);
-        self.authorize_caller(&caller, true).await?;
-        let service = self.clone();
-        let answers = request
-            .into_inner()
-            .map(move |message| {
-                let service = service.clone();
-                let caller = caller.clone();
-                async move {
-                    let message = message?;
-                    let (manager, _) = service.authorize_caller(&caller, true).await?;
-                    propose(&manager, &message.transactions).await
-                }
+        let messages = self.authorized_messages(request).await?;
+        let answers = messages
+            .map(|message| async move {
+                let (manager, message) = message?;
+                propose(&manager, &message.transactions).await
             })
             .buffered(PROPOSALS_AT_ONCE);
         Ok(Response::new(Box::pin(answers)))
