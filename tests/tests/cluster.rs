@@ -94,6 +94,30 @@ fn three_managers_and_two_workers_form_and_every_manager_agrees() -> Result<()> 
 }
 
 #[test]
+fn init_and_join_answer_once_the_node_is_ready() -> Result<()> {
+    let mut cluster = Cluster::empty(Executor::Sim)?;
+    cluster.add("m1")?;
+    cluster.add("w1")?;
+    let (m1, w1) = (cluster.agent("m1"), cluster.agent("w1"));
+    // No waiting between the commands, as in a script: a node that has
+    // just been made part of the swarm is listed ready, as with Docker.
+    m1.shoal_ok(&["swarm", "init", "--advertise-addr", &m1.addr])?;
+    assert_eq!(m1.node_field("m1", "status")?, "ready");
+    let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
+    w1.shoal_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        "--advertise-addr",
+        &w1.addr,
+        &m1.addr,
+    ])?;
+    assert_eq!(m1.node_field("w1", "status")?, "ready");
+    Ok(())
+}
+
+#[test]
 fn killing_the_leader_keeps_the_cluster_writable_and_loses_nothing() -> Result<()> {
     let mut cluster = Cluster::start(3, 0, Executor::Sim)?;
     cluster

@@ -15,6 +15,10 @@ use crate::pki::token::{JoinToken, UnlockKey};
 use crate::raft::crypt::DataKey;
 use crate::store::*;
 
+/// How long `swarm init` and `join` wait for the node's session before
+/// they answer anyway (the node then turns ready when it opens).
+const SESSION_WAIT: Duration = Duration::from_secs(5);
+
 pub struct InitRequest {
     pub advertise_addr: String,
     pub listen_addr: String,
@@ -197,6 +201,8 @@ impl Agent {
             let _ = self.deactivate(&active).await;
             return Err(e);
         }
+        active.worker.connect();
+        active.worker.wait_connected(SESSION_WAIT).await;
         tracing::info!(node_id, cluster_id, "swarm initialized");
         Ok(InitOutcome {
             node_id,
@@ -305,6 +311,7 @@ impl Agent {
             }
         };
         self.set_mode(Mode::Active(active.clone())).await;
+        active.worker.connect();
         if role == Role::Manager {
             // 3. Ask the leader to make this manager a raft voter; it returns
             // once this node has caught up.
@@ -330,6 +337,7 @@ impl Agent {
                 }
             }
         }
+        active.worker.wait_connected(SESSION_WAIT).await;
         tracing::info!(node_id = %issued.node_id, role = role.name(), "joined the swarm");
         Ok((issued.node_id, role, issued.cluster_id))
     }

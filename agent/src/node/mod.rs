@@ -156,7 +156,8 @@ impl Agent {
         match self.data.load_keys(None) {
             Ok(keys) => {
                 let active = self.activate(membership, keys, None).await?;
-                *self.mode.write().await = Mode::Active(active);
+                *self.mode.write().await = Mode::Active(active.clone());
+                active.worker.connect();
                 Ok(())
             }
             Err(StateError::Locked) => {
@@ -213,7 +214,10 @@ impl Agent {
         Ok(executor)
     }
 
-    /// Starts everything an active node runs, from its saved membership.
+    /// Starts everything an active node runs, from its saved membership,
+    /// but the worker's session: the caller opens it once the node is
+    /// active ([`Worker::connect`]), since until then its own manager
+    /// services refuse it.
     async fn activate(
         self: &Arc<Self>,
         membership: Membership,
@@ -238,7 +242,7 @@ impl Agent {
             }
             d
         };
-        let worker = Worker::start(WorkerConfig {
+        let worker = Worker::new(WorkerConfig {
             node_id: membership.node_id.clone(),
             tls: tls.clone(),
             managers: membership.managers.clone(),
@@ -344,7 +348,8 @@ impl Agent {
         };
         let keys = self.data.load_keys(Some(key))?;
         let active = self.activate(membership, keys, Some(key.clone())).await?;
-        *self.mode.write().await = Mode::Active(active);
+        *self.mode.write().await = Mode::Active(active.clone());
+        active.worker.connect();
         tracing::info!("node unlocked");
         Ok(())
     }

@@ -52,8 +52,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(config: WorkerConfig) -> Arc<Self> {
-        let worker = Arc::new(Worker {
+    /// A worker for this node; it reaches out to the cluster once
+    /// [`Worker::connect`] is called.
+    pub fn new(config: WorkerConfig) -> Arc<Self> {
+        Arc::new(Worker {
             node_id: config.node_id,
             tls: config.tls,
             advertise_addr: config.advertise_addr,
@@ -66,9 +68,27 @@ impl Worker {
             shutdown: config.shutdown,
             connected: watch::Sender::new(false),
             logs: logs::Publishers::default(),
-        });
-        tokio::spawn(keep_session(worker.clone()));
-        worker
+        })
+    }
+
+    /// Opens the session with the leader, and keeps it open. Called once
+    /// the node is active and its own cluster port listens: on a manager
+    /// the first address tried is often its own, and a refused call costs
+    /// a backoff (`node ls` right after `swarm init` showed the only node
+    /// `unknown` for a quarter of a second).
+    pub fn connect(self: &Arc<Self>) {
+        tokio::spawn(keep_session(self.clone()));
+    }
+
+    /// Waits at most `limit` for the session to be open; false if it is
+    /// not. The leader marks a node ready before it answers the session,
+    /// so `swarm init` and `join` return with the node ready, as Docker's
+    /// do.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let mut connected = self.connected();
+        tokio::time::timeout(limit, connected.wait_for(|open| *open))
+            .await
+            .is_ok_and(|open| open.is_ok())
     }
 
     pub fn node_id(&self) -> &str {
