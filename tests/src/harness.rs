@@ -257,6 +257,21 @@ impl Agent {
             .with_context(|| format!("running shoal {}", args.join(" ")))
     }
 
+    /// Joins this agent to the swarm `manager` is in, as `role`
+    /// (`worker` or `manager`), with a token `manager` hands out.
+    pub fn join_through(&self, manager: &Agent, role: &str) -> Result<String> {
+        let token = manager.shoal_ok(&["swarm", "join-token", "-q", role])?;
+        self.shoal_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            token.trim(),
+            "--advertise-addr",
+            &self.addr,
+            &manager.addr,
+        ])
+    }
+
     /// Whether a write through this agent is accepted now: label `label`
     /// (`key=value`) added to node `node`. What the tests wait for after a
     /// fault.

@@ -257,17 +257,8 @@ fn a_short_lived_certificate_renews_before_it_expires() -> Result<()> {
         "--advertise-addr",
         &m1.addr,
     ])?;
-    let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
     let w1 = cluster.agent("w1");
-    w1.shoal_ok(&[
-        "swarm",
-        "join",
-        "--token",
-        token.trim(),
-        "--advertise-addr",
-        &w1.addr,
-        &m1.addr,
-    ])?;
+    w1.join_through(m1, "worker")?;
     let expiry = |agent: &Agent| -> Result<i64> {
         Ok(agent.shoal_json(&["info"])?["cert_expires_at_ms"]
             .as_i64()

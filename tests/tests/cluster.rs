@@ -103,16 +103,7 @@ fn init_and_join_answer_once_the_node_is_ready() -> Result<()> {
     // just been made part of the swarm is listed ready, as with Docker.
     m1.shoal_ok(&["swarm", "init", "--advertise-addr", &m1.addr])?;
     assert_eq!(m1.node_field("m1", "status")?, "ready");
-    let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
-    w1.shoal_ok(&[
-        "swarm",
-        "join",
-        "--token",
-        token.trim(),
-        "--advertise-addr",
-        &w1.addr,
-        &m1.addr,
-    ])?;
+    w1.join_through(m1, "worker")?;
     assert_eq!(m1.node_field("w1", "status")?, "ready");
     Ok(())
 }
