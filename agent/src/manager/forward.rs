@@ -74,6 +74,8 @@ impl Forwarder {
         }
         let (reply, answer) = oneshot::channel();
         self.send((request, reply));
+        // The stream's task answers an overdue batch itself, after the
+        // write timeout; this only covers a task that never answers.
         match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), answer).await {
             Err(_) => Err(ProposeError::Timeout),
             Ok(Err(_)) => Err(self.failed("the stream to it closed")),
