@@ -78,7 +78,7 @@ impl Forwarder {
         // write timeout; this only covers a task that never answers.
         match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), answer).await {
             Err(_) => Err(ProposeError::Timeout),
-            Ok(Err(_)) => Err(self.failed("the stream to it closed")),
+            Ok(Err(_)) => Err(failed(&self.leader_addr, "the stream to it closed")),
             Ok(Ok(answer)) => answer,
         }
     }
@@ -107,10 +107,6 @@ impl Forwarder {
             }
             .run(),
         );
-    }
-
-    fn failed(&self, why: &str) -> ProposeError {
-        failed(&self.leader_addr, why)
     }
 }
 

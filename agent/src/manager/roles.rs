@@ -16,8 +16,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
-
 use super::LeaderContext;
 use super::runtime::ManagerRuntime;
 use crate::ids::now_ms;
@@ -30,13 +28,10 @@ pub async fn manage_roles(runtime: Arc<ManagerRuntime>, ctx: LeaderContext) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            change = changes.recv() => match change {
-                // Roles follow the nodes; other writes (a busy cluster makes
-                // hundreds a second) change nothing here. Raft membership
-                // changes publish no event: the tick covers them.
-                Ok(change) if !change.touches(Kind::Node) => continue,
-                Err(RecvError::Closed) => return,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            // Roles follow the nodes. Raft membership changes publish no
+            // event: the tick covers them.
+            open = next_touching(&mut changes, Kind::Node) => if !open {
+                return;
             },
             () = ctx.shutdown.cancelled() => return,
         }

@@ -670,7 +670,6 @@ impl ManagerRuntime {
 /// Metadata key a follower sets on refusals, pointing at the leader.
 pub const LEADER_ADDR_HEADER: &str = "shoal-leader-addr";
 
-/// One `Propose` call carrying a batch of forwarded writes.
 async fn propose_on(proposals: &ProposalBatcher, tx: Transaction) -> Result<u64, ProposeError> {
     tokio::time::timeout(WRITE_TIMEOUT, proposals.propose(tx))
         .await

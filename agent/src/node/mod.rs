@@ -27,14 +27,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::runtime::{ManagerRuntime, RaftTiming};
 use crate::pki::tls::NodeTls;
 use crate::pki::token::UnlockKey;
 use crate::raft::log_store::RaftDb;
-use crate::store::{Kind, NodeDescription, Role};
+use crate::store::{Kind, NodeDescription, Role, next_touching};
 use crate::worker::executor::Executor;
 use crate::worker::{Worker, WorkerConfig};
 use state::{DataDir, Keys, Membership, StateError};
@@ -422,21 +421,14 @@ async fn follow_unlock_key(
                 }
             }
         }
-        let recheck = tokio::time::sleep(Duration::from_secs(5));
-        tokio::pin!(recheck);
-        loop {
-            tokio::select! {
-                // The key lives in the cluster object: a change to it (or a
-                // missed change) is a reason to look again, other writes
-                // are not.
-                change = changes.recv() => match change {
-                    Ok(change) if !change.touches(Kind::Cluster) => continue,
-                    Err(RecvError::Closed) => return,
-                    Ok(_) | Err(RecvError::Lagged(_)) => break,
-                },
-                () = active.shutdown.cancelled() => return,
-                () = &mut recheck => break,
-            }
+        tokio::select! {
+            // The key lives in the cluster object: a change to it is a
+            // reason to look again, other writes are not.
+            open = next_touching(&mut changes, Kind::Cluster) => if !open {
+                return;
+            },
+            () = active.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -188,8 +188,21 @@ pub struct Changes {
 impl Changes {
     /// Whether a follower of `kind` objects has anything to look at here
     /// (a reset replaced everything, so it touches every kind).
-    pub fn touches(&self, kind: Kind) -> bool {
+    fn touches(&self, kind: Kind) -> bool {
         self.reset || self.events.iter().any(|e| e.object.kind() == kind)
+    }
+}
+
+/// Waits for the next change set on `changes` that touches `kind`, or for
+/// missed ones (they may have); false once the store is gone. Change sets
+/// about other kinds are skipped: a busy cluster makes hundreds a second.
+pub async fn next_touching(changes: &mut broadcast::Receiver<Arc<Changes>>, kind: Kind) -> bool {
+    loop {
+        match changes.recv().await {
+            Ok(change) if !change.touches(kind) => continue,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
     }
 }
 
