@@ -261,14 +261,20 @@ impl Agent {
     /// (`worker` or `manager`), with a token `manager` hands out.
     pub fn join_through(&self, manager: &Agent, role: &str) -> Result<String> {
         let token = manager.shoal_ok(&["swarm", "join-token", "-q", role])?;
+        self.join_with(token.trim(), &manager.addr)
+    }
+
+    /// `shoal swarm join` with `token`, through the manager at
+    /// `manager_addr`, advertising this agent's address.
+    pub fn join_with(&self, token: &str, manager_addr: &str) -> Result<String> {
         self.shoal_ok(&[
             "swarm",
             "join",
             "--token",
-            token.trim(),
+            token,
             "--advertise-addr",
             &self.addr,
-            &manager.addr,
+            manager_addr,
         ])
     }
 
@@ -471,15 +477,7 @@ impl Cluster {
             } else {
                 worker_token.trim()
             };
-            agent.shoal_ok(&[
-                "swarm",
-                "join",
-                "--token",
-                token,
-                "--advertise-addr",
-                &agent.addr,
-                &leader_addr,
-            ])?;
+            agent.join_with(token, &leader_addr)?;
         }
         cluster.learn_node_ids()?;
         cluster.wait_ready(managers + workers)?;

@@ -219,15 +219,7 @@ fn wrong_and_rotated_tokens_are_refused_with_clear_messages() -> Result<()> {
     let fresh = cluster
         .agent("m1")
         .shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
-    joiner.shoal_ok(&[
-        "swarm",
-        "join",
-        "--token",
-        fresh.trim(),
-        "--advertise-addr",
-        &joiner.addr,
-        &manager_addr,
-    ])?;
+    joiner.join_with(fresh.trim(), &manager_addr)?;
     cluster.wait_ready(2)?;
     Ok(())
 }
@@ -430,15 +422,7 @@ fn a_snapshot_larger_than_4_mib_reaches_a_late_manager() -> Result<()> {
         .shoal_ok(&["swarm", "join-token", "-q", "manager"])?;
     let addr = cluster.agent("m1").addr.clone();
     let late = cluster.add("m2")?;
-    late.shoal_ok(&[
-        "swarm",
-        "join",
-        "--token",
-        token.trim(),
-        "--advertise-addr",
-        &late.addr,
-        &addr,
-    ])?;
+    late.join_with(token.trim(), &addr)?;
     let late = cluster.agent("m2");
     wait_until(Duration::from_secs(30), || {
         let services = late.shoal_json(&["service", "ls"])?;

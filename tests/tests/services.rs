@@ -197,15 +197,7 @@ fn a_global_service_follows_the_nodes() -> Result<()> {
     let token = m1.shoal_ok(&["swarm", "join-token", "-q", "worker"])?;
     let addr = m1.addr.clone();
     let w2 = cluster.add("w2")?;
-    w2.shoal_ok(&[
-        "swarm",
-        "join",
-        "--token",
-        token.trim(),
-        "--advertise-addr",
-        &w2.addr.clone(),
-        &addr,
-    ])?;
+    w2.join_with(token.trim(), &addr)?;
     let m1 = cluster.agent("m1");
     wait_until(Duration::from_secs(30), || {
         Ok(running_per_node(m1, "agent")?.get("w2") == Some(&1))
