@@ -81,11 +81,12 @@ where
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let mut channels = Vec::with_capacity(conns);
     for n in 0..conns {
         channels.push(shoal_proto::transport::connect_unix(&sockets[n % sockets.len()]).await?);
     }
+    // The rate is over the time the clients call, not the connecting.
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let channel = channels[c % conns].clone();
