@@ -383,6 +383,23 @@ fn unsafe_kill(pid: u32, signal: i32) {
 
 /// A service of no replicas: a write that costs raft and nothing else,
 /// for the benchmarks that measure writes.
+/// The CPU time process `pid` has used so far, all its threads, user and
+/// system (None once it is gone): what benchmarks divide by the work done
+/// for a figure that holds when the machine's speed varies.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields
+    // from after it. utime and stime are fields 14 and 15 of the line.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the running system.
+    #[allow(unsafe_code)]
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    (ticks_per_s > 0).then(|| Duration::from_secs_f64((user + system) as f64 / ticks_per_s as f64))
+}
+
 pub fn replica_less_service(name: impl Into<String>) -> pb::ServiceSpec {
     pb::ServiceSpec {
         name: name.into(),

@@ -15,8 +15,12 @@
 //! size, the floor under which writes cannot go, as `docker-converge`
 //! measures the engine's.
 //!
-//! Last line: `writes_per_s=… p50_ms=… p99_ms=… clients=… to=… conns=… writes=…
-//! [floor_calls_per_s=…]`.
+//! Last line: `writes_per_s=… p50_ms=… p99_ms=… cpu_us_per_write=…
+//! writes_per_entry=… clients=… to=… conns=… writes=… [floor_calls_per_s=…]`.
+//! `cpu_us_per_write` is the CPU time the three managers and the benchmark
+//! itself used while writing, per write: on a shared VM whose speed varies
+//! by the hour it moves less than writes/s does. `writes_per_entry` is how
+//! many writes shared a raft entry (group commit).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -28,7 +32,7 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::control_client::ControlClient;
-use shoal_tests::{Cluster, Executor, replica_less_service};
+use shoal_tests::{Agent, Cluster, Executor, cpu_time, replica_less_service};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -114,23 +118,40 @@ where
     Ok((all, started.elapsed()))
 }
 
+/// The CPU time `pids` have used so far, together.
+fn total_cpu_time(pids: &[u32]) -> Result<Duration> {
+    pids.iter()
+        .map(|&pid| cpu_time(pid).ok_or_else(|| anyhow::anyhow!("process {pid} has exited")))
+        .sum()
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let cluster = Cluster::start(3, 0, Executor::Sim)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let leader = match args.to {
-        Target::All => None,
-        Target::Leader => Some(cluster.leader()?),
-    };
+    let leader_name = cluster.leader()?;
+    let leader = cluster
+        .agents
+        .iter()
+        .find(|a| a.name == leader_name)
+        .ok_or_else(|| anyhow::anyhow!("the leader {leader_name} is not one of the agents"))?;
     let sockets: Vec<_> = cluster
         .agents
         .iter()
-        .filter(|a| leader.as_ref().is_none_or(|l| *l == a.name))
+        .filter(|a| args.to == Target::All || a.name == leader_name)
         .map(|a| a.socket.clone())
         .collect();
     let conns = connections(args.conns, args.clients);
+    let pids: Vec<u32> = cluster
+        .agents
+        .iter()
+        .filter_map(Agent::pid)
+        .chain([std::process::id()])
+        .collect();
+    let commit_before = runtime.block_on(leader.info())?.commit_index;
+    let cpu_before = total_cpu_time(&pids)?;
     let (mut latencies, elapsed) = runtime.block_on(run_clients(
         &sockets,
         conns,
@@ -144,6 +165,12 @@ fn main() -> Result<()> {
                 .map(drop)
         },
     ))?;
+    let cpu_used = total_cpu_time(&pids)?.saturating_sub(cpu_before);
+    let entries = runtime
+        .block_on(leader.info())?
+        .commit_index
+        .saturating_sub(commit_before);
+    let writes = latencies.len();
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -151,16 +178,19 @@ fn main() -> Result<()> {
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     let mut figures = format!(
-        "writes_per_s={:.0} p50_ms={:.1} p99_ms={:.1} clients={} to={} conns={} writes={}",
-        latencies.len() as f64 / elapsed.as_secs_f64(),
+        "writes_per_s={:.0} p50_ms={:.1} p99_ms={:.1} cpu_us_per_write={:.0} writes_per_entry={:.1} \
+         clients={} to={} conns={} writes={}",
+        writes as f64 / elapsed.as_secs_f64(),
         pct(0.50),
         pct(0.99),
+        cpu_used.as_secs_f64() * 1e6 / writes.max(1) as f64,
+        writes as f64 / entries.max(1) as f64,
         args.clients,
         args.to
             .to_possible_value()
             .map_or_else(String::new, |value| value.get_name().to_string()),
         conns,
-        latencies.len()
+        writes
     );
     if args.floor {
         // Every client made at least its first write, so `w{c}-1` exists.
