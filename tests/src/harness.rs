@@ -388,16 +388,23 @@ fn unsafe_kill(pid: u32, signal: i32) {
 /// for a figure that holds when the machine's speed varies.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces: count fields
-    // from after it. utime and stime are fields 14 and 15 of the line.
+    // SAFETY: sysconf only reads a constant of the running system.
+    #[allow(unsafe_code)]
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let ticks = cpu_ticks(&stat)?;
+    (ticks_per_s > 0).then(|| Duration::from_secs_f64(ticks as f64 / ticks_per_s as f64))
+}
+
+/// User plus system clock ticks from a `/proc/<pid>/stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name, in parentheses, may hold spaces and parentheses:
+    // count fields from after its last `)`. utime and stime are fields 14
+    // and 15 of the line.
     let (_, after_name) = stat.rsplit_once(')')?;
     let mut fields = after_name.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf only reads a constant of the running system.
-    #[allow(unsafe_code)]
-    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    (ticks_per_s > 0).then(|| Duration::from_secs_f64((user + system) as f64 / ticks_per_s as f64))
+    Some(user + system)
 }
 
 pub fn replica_less_service(name: impl Into<String>) -> pb::ServiceSpec {
@@ -961,4 +968,32 @@ fn ip(args: &[&str]) -> Result<()> {
             args.join(" ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_count_from_after_the_command_name() {
+        let stat = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 530 0 0 0 \
+                    170 35 0 0 20 0 9 0 1234 567890 1234 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(205));
+        assert_eq!(cpu_ticks("4242 (cut short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_cpu_time() {
+        // Spin until the count moves: on a loaded machine a fixed spin may
+        // get less than the one tick /proc counts in.
+        let before = cpu_time(std::process::id()).expect("our own /proc stat");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_secs(20) {
+            let now = cpu_time(std::process::id()).expect("our own /proc stat");
+            if now > before {
+                return;
+            }
+        }
+        panic!("20 s of spinning did not move this process's CPU time from {before:?}");
+    }
 }
