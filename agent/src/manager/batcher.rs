@@ -37,9 +37,9 @@ const RAFT_IN_FLIGHT: usize = 1;
 /// leader's batcher gathers writes into entries anyway; a follower that
 /// holds its writes back until a batch returns only adds to their wait
 /// (2 in flight: batches of 6 writes, each back after 3.9 ms while the
-/// leader committed an entry every 1.8 ms). On the stream 4 made 2.5% more
-/// writes/s than 2 (ahead in 6 alternated pairs), and 8 no more than 4;
-/// as calls, 1, 2 and 4 had done the same.
+/// leader committed an entry every 1.8 ms). On the stream 4 made 1.4% more
+/// writes/s than 2 at the same CPU per write (ahead in 9 of 10 alternated
+/// pairs), and 8 no more than 4; as calls, 1, 2 and 4 had done the same.
 const FORWARDED_IN_FLIGHT: usize = 4;
 
 /// Ops gathered into one batch, at most (a single larger transaction goes
