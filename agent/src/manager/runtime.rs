@@ -238,7 +238,7 @@ impl ManagerRuntime {
 
     /// The leader raft names now, without copying the rest of its metrics.
     pub fn current_leader(&self) -> Option<RaftId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.server_metrics().borrow().current_leader
     }
 
     /// The dispatcher, while this manager leads.
@@ -261,7 +261,7 @@ impl ManagerRuntime {
 
     /// The leader's raft id and member record, as this manager knows it.
     pub fn leader(&self) -> Option<(RaftId, RaftMember)> {
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let member = metrics
@@ -274,7 +274,7 @@ impl ManagerRuntime {
 
     /// All members (voters and learners) of the current membership.
     pub fn members(&self) -> Vec<(RaftId, RaftMember, bool)> {
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
@@ -391,21 +391,26 @@ impl ManagerRuntime {
             if self.shutdown.is_cancelled() {
                 return Err(ProposeError::Shutdown);
             }
-            let (leader, leader_addr, lost_quorum) = {
-                let metrics = self.raft.metrics();
+            // The leader as the server metrics name it, which is what
+            // `wait_for_leader` and the leadership watch follow: raft sends
+            // its full metrics after them, and a write made the moment a
+            // leader is named could otherwise read the full metrics from
+            // before (no leader, no members) and fail.
+            let (leader, leader_addr) = {
+                let metrics = self.raft.server_metrics();
                 let metrics = metrics.borrow();
                 let leader = metrics.current_leader;
                 let addr = leader.filter(|l| *l != self.raft_id).and_then(|l| {
                     let member = metrics.membership_config.membership().get_node(&l)?;
                     Some(member.addr.clone())
                 });
-                (leader, addr, self.leader_lost_quorum(&metrics))
+                (leader, addr)
             };
             tried_leader = leader;
             let result = match leader {
                 None => return Err(self.no_leader()),
                 Some(leader) if leader == self.raft_id => {
-                    if lost_quorum {
+                    if self.leader_lost_quorum(&self.raft.metrics().borrow()) {
                         return Err(self.no_leader());
                     }
                     // A write that cannot reach a quorum would hang until
@@ -687,13 +692,15 @@ fn raft_failure(running: &Result<(), openraft::error::Fatal<RaftId>>) -> Option<
 /// Follows raft's view of leadership: runs the control loops while this
 /// manager leads, and announces leader changes.
 async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoops) {
-    let mut metrics = runtime.raft.metrics();
+    // Raft's server metrics change only with the vote, role, leader or
+    // membership. Its full metrics are sent on every turn of raft's loop,
+    // several times per entry on every manager: following them woke this
+    // task for nothing thousands of times a second under write load.
+    let mut metrics = runtime.raft.server_metrics();
     let mut current_leader: Option<RaftId> = None;
     let mut leading: Option<(CancellationToken, Vec<tokio::task::JoinHandle<()>>)> = None;
     loop {
-        // Read in place: the metrics change with every append and apply,
-        // and a copy of them each time is all allocation.
-        let (failure, leader, is_leader, names) = {
+        let (leader, is_leader, names) = {
             let m = metrics.borrow();
             let name = |id: Option<RaftId>| {
                 id.and_then(|id| {
@@ -706,16 +713,12 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
             let names = (m.current_leader != current_leader)
                 .then(|| (name(current_leader), name(m.current_leader)));
             (
-                raft_failure(&m.running_state),
                 m.current_leader,
                 m.current_leader == Some(runtime.raft_id)
                     && m.state == openraft::ServerState::Leader,
                 names,
             )
         };
-        if let Some(cause) = failure {
-            tracing::error!("{}", super::raft_stopped_message(&cause));
-        }
         if let Some((old, new)) = names {
             let event = ClusterEvent::LeaderChanged {
                 old,
@@ -765,6 +768,10 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
             () = runtime.shutdown.cancelled() => break,
         }
     }
+    // The metrics close when raft stops; say why, unless on purpose.
+    if let Some(cause) = runtime.raft_stopped() {
+        tracing::error!("{}", super::raft_stopped_message(&cause));
+    }
     if let Some((token, handles)) = leading.take() {
         token.cancel();
         for handle in handles {
@@ -772,6 +779,13 @@ async fn watch_leadership(runtime: Arc<ManagerRuntime>, leader_loops: LeaderLoop
         }
     }
 }
+
+/// How often [`snapshot_when_due`] looks at how far the log has grown.
+/// Raft's full metrics are sent on every turn of its loop, several times
+/// per entry: waking on each to compare two numbers cost every manager
+/// thousands of wake-ups a second under write load. A few hundred entries
+/// past the interval before the snapshot starts are of no consequence.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(250);
 
 /// Builds a snapshot whenever the cluster's snapshot interval of entries
 /// has been applied since the last one. Every manager snapshots its own
@@ -811,8 +825,12 @@ async fn snapshot_when_due(runtime: Arc<ManagerRuntime>, default_interval: u64) 
             continue;
         }
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(SNAPSHOT_CHECK) => {}
             () = runtime.shutdown.cancelled() => return,
+        }
+        // Closed: raft has stopped.
+        if metrics.has_changed().is_err() {
+            return;
         }
     }
 }
