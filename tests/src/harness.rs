@@ -381,8 +381,6 @@ fn unsafe_kill(pid: u32, signal: i32) {
     }
 }
 
-/// A service of no replicas: a write that costs raft and nothing else,
-/// for the benchmarks that measure writes.
 /// The CPU time process `pid` has used so far, all its threads, user and
 /// system (None once it is gone): what benchmarks divide by the work done
 /// for a figure that holds when the machine's speed varies.
@@ -407,6 +405,8 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
+/// A service of no replicas: a write that costs raft and nothing else,
+/// for the benchmarks that measure writes.
 pub fn replica_less_service(name: impl Into<String>) -> pb::ServiceSpec {
     pb::ServiceSpec {
         name: name.into(),
