@@ -310,8 +310,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        self.set_mode(Mode::Active(active.clone())).await;
-        active.worker.connect();
+        self.become_active(&active).await;
         if role == Role::Manager {
             // 3. Ask the leader to make this manager a raft voter; it returns
             // once this node has caught up.

@@ -155,8 +155,7 @@ impl Agent {
         match self.data.load_keys(None) {
             Ok(keys) => {
                 let active = self.activate(membership, keys, None).await?;
-                *self.mode.write().await = Mode::Active(active.clone());
-                active.worker.connect();
+                self.become_active(&active).await;
                 Ok(())
             }
             Err(StateError::Locked) => {
@@ -333,6 +332,14 @@ impl Agent {
         *self.mode.write().await = mode;
     }
 
+    /// Makes `active` this node's mode, then opens its worker's session,
+    /// which this node's own manager services refuse until it is active.
+    /// (`swarm init` opens the session later, once raft has a leader.)
+    async fn become_active(&self, active: &Arc<ActiveNode>) {
+        self.set_mode(Mode::Active(active.clone())).await;
+        active.worker.connect();
+    }
+
     pub async fn transition_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.transition.lock().await
     }
@@ -347,8 +354,7 @@ impl Agent {
         };
         let keys = self.data.load_keys(Some(key))?;
         let active = self.activate(membership, keys, Some(key.clone())).await?;
-        *self.mode.write().await = Mode::Active(active.clone());
-        active.worker.connect();
+        self.become_active(&active).await;
         tracing::info!("node unlocked");
         Ok(())
     }
