@@ -57,8 +57,18 @@ struct Inner {
     /// The index of the last entry appended (readable, perhaps not yet on
     /// disk): what pipelined replication follows.
     appended: tokio::sync::watch::Sender<Option<u64>>,
-    /// The last committed log id raft saved.
-    committed: Mutex<Option<LogId>>,
+    /// The last committed log id raft saved, shared with the writer.
+    committed: Arc<Mutex<Committed>>,
+}
+
+/// The committed log id, and whether the writer has yet to put it in
+/// fjall. It rides along with the next batch the writer makes: raft moves
+/// it once per entry, and a job of its own woke the writer and wrote the
+/// journal once more per entry on every manager.
+#[derive(Default)]
+struct Committed {
+    id: Option<LogId>,
+    unwritten: bool,
 }
 
 /// Entries in the cache at most.
@@ -189,8 +199,6 @@ enum Job {
         entries: Vec<Entry>,
         callback: LogFlushed<TypeConfig>,
     },
-    /// Write the committed index with the next batch (not synced for it).
-    Committed(Vec<u8>),
     /// Answer once everything queued before is written and synced.
     Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -268,12 +276,14 @@ impl RaftDb {
             .map_err(|e| failed(e.to_string()))?;
         let (flush_queue, pending) = mpsc::channel();
         let cache = Arc::new(Mutex::new(LogCache::default()));
+        let committed = Arc::new(Mutex::new(Committed::default()));
         let writer = Writer {
             db: db.clone(),
             log: log.clone(),
             meta: meta.clone(),
             dek: dek.clone(),
             cache: cache.clone(),
+            committed: committed.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("raft-log-flush".into())
@@ -292,7 +302,7 @@ impl RaftDb {
                 },
                 cache,
                 appended: tokio::sync::watch::Sender::new(None),
-                committed: Mutex::new(None),
+                committed,
             }),
         };
         // Opening what is there proves the key opens this log, so a wrong
@@ -344,7 +354,7 @@ impl RaftDb {
 
     /// The last committed log id raft saved here (None before the first).
     pub fn committed(&self) -> Option<LogId> {
-        *self.inner.committed.lock()
+        self.inner.committed.lock().id
     }
 
     pub fn path(&self) -> &Path {
@@ -500,6 +510,7 @@ struct Writer {
     meta: Keyspace,
     dek: DataKey,
     cache: Arc<Mutex<LogCache>>,
+    committed: Arc<Mutex<Committed>>,
 }
 
 impl Writer {
@@ -507,9 +518,14 @@ impl Writer {
     /// syncs once, then answers every job.
     fn run(self, jobs: mpsc::Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
+            // Taken before the rest of the queue: raft saves a committed id
+            // only after queueing the entries it covers, so every entry it
+            // covers is in this batch or an earlier one, and no crash can
+            // leave a committed id beyond the log on disk.
+            let committed = self.take_unwritten_committed();
             let mut batch_jobs = vec![first];
             batch_jobs.extend(jobs.try_iter());
-            let result = self.write(&batch_jobs);
+            let result = self.write(&batch_jobs, committed);
             for job in batch_jobs {
                 match job {
                     Job::Append { callback, .. } => {
@@ -518,16 +534,33 @@ impl Writer {
                         });
                         callback.log_io_completed(outcome);
                     }
-                    Job::Committed(_) => {}
                     Job::Barrier(done) => {
                         let _ = done.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
                     }
                 }
             }
         }
+        // Closing: the committed id no batch carried, synced so that a
+        // restart applies everything committed before the first election.
+        let committed = self.take_unwritten_committed();
+        if committed.is_some()
+            && let Err(e) = self.write(&[], committed).and_then(|()| {
+                self.db
+                    .persist(PersistMode::SyncData)
+                    .map_err(|e| format!("syncing: {}", storage_cause(&e)))
+            })
+        {
+            tracing::warn!(error = %e, "saving the committed index on close failed");
+        }
     }
 
-    fn write(&self, jobs: &[Job]) -> Result<(), String> {
+    /// The committed id raft saved since the last batch took it, if any.
+    fn take_unwritten_committed(&self) -> Option<Option<LogId>> {
+        let mut committed = self.committed.lock();
+        std::mem::take(&mut committed.unwritten).then_some(committed.id)
+    }
+
+    fn write(&self, jobs: &[Job], committed: Option<Option<LogId>>) -> Result<(), String> {
         let mut batch = self.db.batch();
         let mut last_appended = None;
         for job in jobs {
@@ -541,20 +574,24 @@ impl Writer {
                         last_appended = Some(index);
                     }
                 }
-                Job::Committed(sealed) => batch.insert(&self.meta, COMMITTED, sealed.clone()),
                 Job::Barrier(_) => {}
             }
+        }
+        if let Some(id) = committed {
+            let sealed =
+                seal(&self.dek, COMMITTED, &id).map_err(|e| format!("committed index: {e}"))?;
+            batch.insert(&self.meta, COMMITTED, sealed);
+        }
+        if batch.is_empty() {
+            return Ok(());
         }
         batch
             .commit()
             .map_err(|e| format!("appending: {}", storage_cause(&e)))?;
-        // The committed index alone need not be durable: one lost in a crash
-        // is an older, still true one (raft learns the rest from the
-        // leader), and the next append's sync covers it anyway. Skipping
-        // its sync halves the syncs: every entry moves the committed index
-        // once more after its append.
-        let needs_sync = jobs.iter().any(|job| !matches!(job, Job::Committed(_)));
-        if needs_sync {
+        // The committed index need not be durable: one lost in a crash is an
+        // older, still true one (raft learns the rest from the leader), and
+        // the next append's sync covers it anyway.
+        if !jobs.is_empty() {
             self.db
                 .persist(PersistMode::SyncData)
                 .map_err(|e| format!("syncing: {}", storage_cause(&e)))?;
@@ -647,15 +684,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: raft re-learns the committed index from the leader;
-        // keeping it only spares replaying on restart.
-        *self.db.inner.committed.lock() = committed;
-        let sealed = self.db.seal(COMMITTED, &committed).map_err(write_logs)?;
-        self.db
-            .inner
-            .flusher
-            .enqueue(Job::Committed(sealed))
-            .map_err(write_logs)
+        // Written with the writer's next batch and not synced for itself:
+        // raft re-learns the committed index from the leader; keeping it
+        // only spares replaying on restart.
+        *self.db.inner.committed.lock() = Committed {
+            id: committed,
+            unwritten: true,
+        };
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -826,6 +862,26 @@ mod tests {
         assert_eq!(cache.ops, CACHE_ENTRIES);
         cache.truncate(total);
         assert_eq!(cache.written, Some(total - 1));
+    }
+
+    #[tokio::test]
+    async fn the_committed_index_rides_with_the_next_batch_and_is_kept_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::generate();
+        let committed = |index| Some(blank(1, index).log_id);
+        {
+            let db = RaftDb::open(dir.path(), key.clone()).unwrap();
+            let mut store = db.log_store();
+            append(&mut store, (1..=3).map(|i| blank(1, i)).collect()).await;
+            store.save_committed(committed(2)).await.unwrap();
+            // Reading drains the writer, which writes what it holds.
+            assert_eq!(store.read_committed().await.unwrap(), committed(2));
+            store.save_committed(committed(3)).await.unwrap();
+            assert_eq!(db.committed(), committed(3));
+        }
+        let db = RaftDb::open(dir.path(), key).unwrap();
+        let mut store = db.log_store();
+        assert_eq!(store.read_committed().await.unwrap(), committed(3));
     }
 
     /// Appends and waits for the durable acknowledgement.
