@@ -104,6 +104,9 @@ pub struct Metrics {
     /// call, and those the replication stream had already carried.
     pub raft_appends_called: AtomicU64,
     pub raft_appends_streamed: AtomicU64,
+    /// Committed indexes shared with a follower on the replication stream
+    /// instead of openraft's heartbeat call.
+    pub raft_commits_streamed: AtomicU64,
     /// Append-entries messages this follower took from a leader: calls
     /// (heartbeats among them) and messages of a replication stream.
     pub raft_appends_received_called: AtomicU64,
@@ -119,6 +122,7 @@ pub static METRICS: Metrics = Metrics {
     raft_apply: Histogram::new(),
     raft_appends_called: AtomicU64::new(0),
     raft_appends_streamed: AtomicU64::new(0),
+    raft_commits_streamed: AtomicU64::new(0),
     raft_appends_received_called: AtomicU64::new(0),
     raft_appends_received_streamed: AtomicU64::new(0),
     missed_heartbeats: AtomicU64::new(0),
@@ -290,6 +294,13 @@ pub async fn render(agent: &Agent) -> String {
             ("call", m.raft_appends_called.load(Ordering::Relaxed)),
             ("stream", m.raft_appends_streamed.load(Ordering::Relaxed)),
         ],
+    );
+    counter(
+        &mut out,
+        "shoal_raft_commits_streamed_total",
+        "Committed indexes this leader shared with a follower on the replication stream \
+         instead of a heartbeat call.",
+        m.raft_commits_streamed.load(Ordering::Relaxed),
     );
     counter_family(
         &mut out,

@@ -327,8 +327,9 @@ fn the_metrics_endpoint_parses_as_prometheus_text_and_moves_with_the_cluster() -
 }
 
 /// The leader streams new entries to its followers as it appends them, and
-/// answers raft's own appends from what the stream carried: the metrics
-/// show both paths, a follower killed and restarted is streamed to again,
+/// answers raft's own appends, and the heartbeats that share each new
+/// committed index, from what the stream carried: the metrics show both
+/// paths, a follower killed and restarted is streamed to again,
 /// and every manager ends with every write.
 #[test]
 fn a_leader_streams_new_entries_to_its_followers() -> Result<()> {
@@ -371,6 +372,13 @@ fn a_leader_streams_new_entries_to_its_followers() -> Result<()> {
         "no append answered from the stream: {after:?}"
     );
     assert!(value(&after, "shoal_raft_appends_total{path=\"call\"}") >= 1.0);
+    // Each committed entry's index reached the followers on the stream
+    // too, not in a heartbeat call each.
+    assert!(
+        value(&after, "shoal_raft_commits_streamed_total")
+            > value(&before, "shoal_raft_commits_streamed_total"),
+        "no committed index shared on the stream: {after:?}"
+    );
 
     // A follower that dies mid-stream: the stream ends with its
     // connection, raft's own calls catch it up, and a new stream reaches

@@ -311,7 +311,22 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             ));
         }
         let Some(last) = rpc.entries.last().map(|e| e.log_id) else {
-            // A heartbeat: small, and worthless once late. A conflict or a
+            // A heartbeat. openraft sends one to every follower for each
+            // entry it commits, to share the committed index: on the stream
+            // that costs one message instead of a call.
+            if let Some(pipeline) = &self.pipeline
+                && pipeline.serves(&rpc)
+                && pipeline.acknowledges_commit_later(rpc.leader_commit)
+            {
+                if pipeline.commit_acknowledged(rpc.leader_commit).await {
+                    METRICS
+                        .raft_commits_streamed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(AppendEntriesResponse::Success);
+                }
+                self.pipeline = None;
+            }
+            // Any other heartbeat: small, and worthless once late. A conflict or a
             // higher vote means the follower is not where a stream assumed:
             // the stream stops (a failed call says nothing of that).
             let result = self.peer.call(Method::Append, &rpc, &option).await;

@@ -58,6 +58,8 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 struct Progress {
     /// The follower's log matches the leader's through here, durably.
     acked: LogId,
+    /// The highest committed id an acknowledged message carried.
+    commit_acked: Option<LogId>,
     /// Nothing more will be acknowledged.
     ended: bool,
 }
@@ -105,6 +107,7 @@ impl Pipeline {
         }
         let (progress_tx, progress) = watch::channel(Progress {
             acked: base,
+            commit_acked: None,
             ended: false,
         });
         let (commit, commit_rx) = watch::channel(None);
@@ -143,6 +146,32 @@ impl Pipeline {
             .await
         {
             Ok(p) => p.acked.index >= last.index,
+            Err(_) => false,
+        }
+    }
+
+    /// Tells the follower on the stream that entries through `committed`
+    /// are committed, and waits until it has acknowledged a message that
+    /// carried this; false if the stream ended first. openraft's heartbeat
+    /// that would have told it, one unary call per follower for every
+    /// committed entry, is answered by this instead.
+    ///
+    /// Only for a committed id the follower has not acknowledged yet: the
+    /// answer must be one the follower gives after the call (what openraft
+    /// dates it by); an earlier acknowledgement would answer at once.
+    pub fn acknowledges_commit_later(&self, committed: Option<LogId>) -> bool {
+        committed > self.progress.borrow().commit_acked
+    }
+
+    /// See [`Pipeline::acknowledges_commit_later`].
+    pub async fn commit_acknowledged(&self, committed: Option<LogId>) -> bool {
+        self.share_commit(committed);
+        let mut progress = self.progress.clone();
+        match progress
+            .wait_for(|p| p.ended || p.commit_acked >= committed)
+            .await
+        {
+            Ok(p) => p.commit_acked >= committed,
             Err(_) => false,
         }
     }
@@ -200,8 +229,9 @@ impl Sender {
             }
             Err(_) => return "the follower did not take the stream".into(),
         };
-        // The last entry of each unanswered message, and when it went.
-        let mut unanswered: VecDeque<(LogId, Instant)> = VecDeque::new();
+        // The last entry and the committed id of each unanswered message,
+        // and when it went.
+        let mut unanswered: VecDeque<(LogId, Option<LogId>, Instant)> = VecDeque::new();
         let mut commit_sent = None;
         loop {
             while unanswered.len() < UNANSWERED {
@@ -210,7 +240,7 @@ impl Sender {
                     Ok(None) => break,
                     Err(why) => return why,
                 };
-                commit_sent = next.leader_commit;
+                commit_sent = commit_sent.max(next.leader_commit);
                 let through = next.entries.last().map_or(self.sent, |e| e.log_id);
                 let payload = match encode(&next) {
                     Ok(data) => RaftPayload { data },
@@ -220,9 +250,9 @@ impl Sender {
                     return "the stream closed".into();
                 }
                 self.sent = through;
-                unanswered.push_back((through, Instant::now()));
+                unanswered.push_back((through, next.leader_commit, Instant::now()));
             }
-            let overdue = unanswered.front().map(|(_, at)| *at + ANSWER_DEADLINE);
+            let overdue = unanswered.front().map(|(_, _, at)| *at + ANSWER_DEADLINE);
             tokio::select! {
                 changed = self.appended.changed() => {
                     if changed.is_err() {
@@ -240,7 +270,7 @@ impl Sender {
                         Ok(None) => return "the follower ended the stream".into(),
                         Err(status) => return format!("{}: {}", status.code(), status.message()),
                     };
-                    let Some((through, _)) = unanswered.pop_front() else {
+                    let Some((through, commit, _)) = unanswered.pop_front() else {
                         return "an answer to no message".into();
                     };
                     let result: Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>> =
@@ -255,6 +285,7 @@ impl Sender {
                                 if through.index > p.acked.index {
                                     p.acked = through;
                                 }
+                                p.commit_acked = p.commit_acked.max(commit);
                             });
                         }
                         Ok(other) => return format!("the follower answered {other}"),
@@ -298,7 +329,7 @@ impl Sender {
             return Ok(Some(AppendEntriesRequest {
                 vote: self.vote,
                 prev_log_id: Some(self.sent),
-                leader_commit: self.log.committed(),
+                leader_commit: self.log.committed().max(*self.commit.borrow()),
                 entries,
             }));
         }
