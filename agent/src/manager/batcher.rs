@@ -22,6 +22,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::ProposeError;
+use crate::raft::pipeline::Backlog;
 use crate::raft::types::{Proposal, Raft};
 use crate::store::Transaction;
 
@@ -58,6 +59,8 @@ type Reply = oneshot::Sender<Outcome>;
 #[derive(Clone)]
 pub struct ProposalBatcher {
     queue: mpsc::UnboundedSender<(Transaction, Reply)>,
+    /// Writes queued and not yet in a batch.
+    backlog: Backlog,
 }
 
 impl ProposalBatcher {
@@ -70,36 +73,47 @@ impl ProposalBatcher {
         F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
     {
-        ProposalBatcher::with_limit(commit, FORWARDED_IN_FLIGHT)
+        ProposalBatcher::with_limit(commit, FORWARDED_IN_FLIGHT, Backlog::default())
     }
 
-    fn with_limit<F, Fut>(commit: F, in_flight: usize) -> Self
+    fn with_limit<F, Fut>(commit: F, in_flight: usize, backlog: Backlog) -> Self
     where
         F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
     {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(commit, pending, in_flight));
-        ProposalBatcher { queue }
+        tokio::spawn(run(commit, pending, in_flight, backlog.clone()));
+        ProposalBatcher { queue, backlog }
     }
 
-    /// The leader's batcher: each batch is one raft entry.
-    pub fn for_raft(raft: Raft) -> Self {
+    /// The leader's batcher: each batch is one raft entry. `backlog`
+    /// counts the writes waiting for the next one.
+    pub fn for_raft(raft: Raft, backlog: Backlog) -> Self {
         ProposalBatcher::with_limit(
             move |txs| {
                 let raft = raft.clone();
                 async move { commit_to_raft(&raft, txs).await }
             },
             RAFT_IN_FLIGHT,
+            backlog,
         )
+    }
+
+    fn queue(&self, tx: Transaction, reply: Reply) -> bool {
+        self.backlog.add(1);
+        let queued = self.queue.send((tx, reply)).is_ok();
+        if !queued {
+            self.backlog.remove(1);
+        }
+        queued
     }
 
     /// Commits `tx` with the next batch.
     pub async fn propose(&self, tx: Transaction) -> Outcome {
         let (reply, outcome) = oneshot::channel();
-        self.queue
-            .send((tx, reply))
-            .map_err(|_| ProposeError::Shutdown)?;
+        if !self.queue(tx, reply) {
+            return Err(ProposeError::Shutdown);
+        }
         outcome.await.unwrap_or(Err(ProposeError::Shutdown))
     }
 
@@ -110,8 +124,7 @@ impl ProposalBatcher {
             .into_iter()
             .map(|tx| {
                 let (reply, outcome) = oneshot::channel();
-                let queued = self.queue.send((tx, reply)).is_ok();
-                (queued, outcome)
+                (self.queue(tx, reply), outcome)
             })
             .collect();
         let mut results = Vec::with_capacity(outcomes.len());
@@ -129,6 +142,7 @@ async fn run<F, Fut>(
     commit: F,
     mut pending: mpsc::UnboundedReceiver<(Transaction, Reply)>,
     in_flight: usize,
+    backlog: Backlog,
 ) where
     F: Fn(Vec<Transaction>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Outcome>, ProposeError>> + Send + 'static,
@@ -160,6 +174,7 @@ async fn run<F, Fut>(
             ops += next.0.len();
             batch.push(next);
         }
+        backlog.remove(batch.len());
         let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let committed = commit(txs);
         tokio::spawn(async move {

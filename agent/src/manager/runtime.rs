@@ -24,6 +24,7 @@ use super::{LeaderContext, ProposeError, Proposer};
 use crate::pki::tls::NodeTls;
 use crate::raft::log_store::RaftDb;
 use crate::raft::network::{self, Network, PeerContacts};
+use crate::raft::pipeline::Backlog;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Raft, RaftId, RaftMember, RaftMetrics};
 use crate::store::{Reachability, Store, Tables, Transaction};
@@ -116,7 +117,8 @@ impl ManagerRuntime {
         let state_machine = StateMachine::open(db.clone(), store.clone())?;
         let log_store = db.log_store();
         let contacts = Arc::new(PeerContacts::default());
-        let network = Network::new(tls.clone(), contacts.clone(), db.clone());
+        let backlog = Backlog::default();
+        let network = Network::new(tls.clone(), contacts.clone(), db.clone(), backlog.clone());
         let config = openraft::Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -154,7 +156,7 @@ impl ManagerRuntime {
             node_id,
             raft_id,
             addr,
-            proposals: ProposalBatcher::for_raft(raft.clone()),
+            proposals: ProposalBatcher::for_raft(raft.clone(), backlog),
             raft,
             store,
             contacts,

@@ -25,7 +25,7 @@ use shoal_proto::v1::raft_client::RaftClient;
 use tonic::transport::Channel;
 
 use super::log_store::RaftDb;
-use super::pipeline::{Follower, Pipeline};
+use super::pipeline::{Backlog, Follower, Pipeline};
 use super::types::{LogId, RaftId, RaftMember, TypeConfig, Vote};
 use crate::metrics::METRICS;
 use crate::pki::tls::NodeTls;
@@ -96,11 +96,23 @@ pub struct Network {
     contacts: Arc<PeerContacts>,
     /// This manager's log, which pipelines follow.
     log: RaftDb,
+    /// Writes waiting for the next entry, which pipelines look at.
+    backlog: Backlog,
 }
 
 impl Network {
-    pub fn new(tls: Arc<NodeTls>, contacts: Arc<PeerContacts>, log: RaftDb) -> Self {
-        Network { tls, contacts, log }
+    pub fn new(
+        tls: Arc<NodeTls>,
+        contacts: Arc<PeerContacts>,
+        log: RaftDb,
+        backlog: Backlog,
+    ) -> Self {
+        Network {
+            tls,
+            contacts,
+            log,
+            backlog,
+        }
     }
 }
 
@@ -126,6 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             },
             outliving: None,
             log: self.log.clone(),
+            backlog: self.backlog.clone(),
             pipeline: None,
             refuses_streams: Arc::new(AtomicBool::new(false)),
         }
@@ -150,6 +163,7 @@ pub struct PeerConnection {
     peer: Peer,
     outliving: Option<OutlivingAppend>,
     log: RaftDb,
+    backlog: Backlog,
     pipeline: Option<Pipeline>,
     refuses_streams: Arc<AtomicBool>,
 }
@@ -361,7 +375,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 contacts: self.peer.contacts.clone(),
                 refuses_streams: self.refuses_streams.clone(),
             };
-            self.pipeline = Pipeline::start(follower, self.log.clone(), vote, last);
+            self.pipeline =
+                Pipeline::start(follower, self.log.clone(), self.backlog.clone(), vote, last);
         }
         result
     }

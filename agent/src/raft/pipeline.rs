@@ -49,6 +49,33 @@ const UNANSWERED: usize = 8;
 /// Entries in one message at most (as openraft's `max_payload_entries`).
 const MESSAGE_ENTRIES: u64 = 256;
 
+/// How long a committed index with no entry to ride on waits for the
+/// next entry, at most, when writes are already waiting for that entry.
+/// Each entry's index otherwise costs each follower a message, its answer
+/// and a turn of raft of their own; the next entry follows as soon as the
+/// leader has applied this one, well within this.
+const COMMIT_LINGER: Duration = Duration::from_millis(2);
+
+/// Writes waiting at the leader for the next raft entry: while there are
+/// some, the next entry follows the one being committed at once. Kept by
+/// the leader's proposal batcher, read by the replication streams.
+#[derive(Clone, Default)]
+pub struct Backlog(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Backlog {
+    pub fn add(&self, writes: usize) {
+        self.0.fetch_add(writes, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, writes: usize) {
+        self.0.fetch_sub(writes, Ordering::Relaxed);
+    }
+
+    fn next_entry_coming(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
 /// A follower that leaves a message unanswered this long is taken to be
 /// gone: the stream ends and openraft's own calls take over.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
@@ -98,7 +125,13 @@ impl Pipeline {
     /// the vote's term (a new leader's first appends replicate its
     /// predecessors' entries; they go through openraft's calls), or when
     /// the follower refuses streams.
-    pub fn start(follower: Follower, log: RaftDb, vote: Vote, base: LogId) -> Option<Pipeline> {
+    pub fn start(
+        follower: Follower,
+        log: RaftDb,
+        backlog: Backlog,
+        vote: Vote,
+        base: LogId,
+    ) -> Option<Pipeline> {
         if !vote.is_committed()
             || base.leader_id.term != vote.leader_id().term
             || follower.refuses_streams.load(Ordering::Relaxed)
@@ -115,6 +148,7 @@ impl Pipeline {
             follower,
             appended: log.appended(),
             log,
+            backlog,
             vote,
             sent: base,
             commit: commit_rx,
@@ -194,6 +228,7 @@ impl Pipeline {
 struct Sender {
     follower: Follower,
     log: RaftDb,
+    backlog: Backlog,
     appended: watch::Receiver<Option<u64>>,
     vote: Vote,
     /// The last entry sent.
@@ -233,9 +268,11 @@ impl Sender {
         // and when it went.
         let mut unanswered: VecDeque<(LogId, Option<LogId>, Instant)> = VecDeque::new();
         let mut commit_sent = None;
+        // Until when a committed index waits for an entry to ride on.
+        let mut lingering: Option<Instant> = None;
         loop {
             while unanswered.len() < UNANSWERED {
-                let next = match self.next_message(commit_sent).await {
+                let next = match self.next_message(commit_sent, &mut lingering).await {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
                     Err(why) => return why,
@@ -292,6 +329,7 @@ impl Sender {
                         Err(e) => return format!("the follower failed: {e}"),
                     }
                 }
+                _ = tokio::time::sleep_until(lingering.unwrap_or_else(Instant::now)), if lingering.is_some() => {}
                 _ = tokio::time::sleep_until(overdue.unwrap_or_else(Instant::now)), if overdue.is_some() => {
                     return format!("no answer in {} s", ANSWER_DEADLINE.as_secs());
                 }
@@ -301,10 +339,13 @@ impl Sender {
 
     /// The next message to send: the entries appended since the last one,
     /// or, when there are none, the commit index openraft wants shared if
-    /// the follower has not been told it. None when there is nothing.
+    /// the follower has not been told it (after [`COMMIT_LINGER`] at most,
+    /// while writes wait for the next entry, which will carry it). None
+    /// when there is nothing yet.
     async fn next_message(
         &mut self,
         commit_sent: Option<LogId>,
+        lingering: &mut Option<Instant>,
     ) -> Result<Option<AppendEntriesRequest<TypeConfig>>, String> {
         let appended = *self.appended.borrow_and_update();
         let first = self.sent.index + 1;
@@ -326,6 +367,7 @@ impl Sender {
             {
                 return Err(format!("entry {} is of another term", other.log_id));
             }
+            *lingering = None;
             return Ok(Some(AppendEntriesRequest {
                 vote: self.vote,
                 prev_log_id: Some(self.sent),
@@ -335,6 +377,12 @@ impl Sender {
         }
         let wanted = *self.commit.borrow_and_update();
         if wanted > commit_sent {
+            let now = Instant::now();
+            let until = *lingering.get_or_insert(now + COMMIT_LINGER);
+            if now < until && self.backlog.next_entry_coming() {
+                return Ok(None);
+            }
+            *lingering = None;
             return Ok(Some(AppendEntriesRequest {
                 vote: self.vote,
                 prev_log_id: Some(self.sent),
