@@ -297,6 +297,53 @@ mod tests {
         assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 2]);
     }
 
+    /// Waits until `done` holds; fails the test after 5 s.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_backlog_counts_the_writes_waiting_for_the_next_batch() {
+        let backlog = Backlog::default();
+        let gate = Arc::new(Semaphore::new(0));
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (opened, seen) = (gate.clone(), batches.clone());
+        let batcher = ProposalBatcher::with_limit(
+            move |txs: Vec<Transaction>| {
+                seen.lock().unwrap().push(txs.len());
+                let gate = opened.clone();
+                async move {
+                    gate.acquire().await.expect("gate open").forget();
+                    Ok(txs.iter().map(|tx| Ok(tx.time as u64)).collect())
+                }
+            },
+            1,
+            backlog.clone(),
+        );
+        let propose = |time| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.propose(tx(time, 1)).await })
+        };
+        let first = propose(1);
+        eventually("the first batch", || batches.lock().unwrap().len() == 1).await;
+        assert_eq!(backlog.writes(), 0, "the first write went out at once");
+        let waiting: Vec<_> = (2..5).map(propose).collect();
+        eventually("three writes waiting", || backlog.writes() == 3).await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        eventually("the second batch", || batches.lock().unwrap().len() == 2).await;
+        assert_eq!(backlog.writes(), 0, "the next batch took them all");
+        gate.add_permits(1);
+        for (write, time) in waiting.into_iter().zip(2..) {
+            assert_eq!(write.await.unwrap().unwrap(), time);
+        }
+        assert_eq!(batches.lock().unwrap().clone(), [1, 3]);
+    }
+
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_writes() {
         let batcher =

@@ -71,8 +71,13 @@ impl Backlog {
         self.0.fetch_sub(writes, Ordering::Relaxed);
     }
 
+    /// Writes waiting.
+    pub fn writes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
     fn next_entry_coming(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
+        self.writes() > 0
     }
 }
 
