@@ -340,9 +340,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
                 }
                 self.pipeline = None;
             }
-            // Any other heartbeat: small, and worthless once late. A conflict or a
-            // higher vote means the follower is not where a stream assumed:
-            // the stream stops (a failed call says nothing of that).
+            // Any other heartbeat: small, and worthless once late. A conflict
+            // or a higher vote means the follower is not where a stream
+            // assumed: the stream stops (a failed call says nothing of that).
             let result = self.peer.call(Method::Append, &rpc, &option).await;
             if result
                 .as_ref()

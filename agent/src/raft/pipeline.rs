@@ -189,20 +189,20 @@ impl Pipeline {
         }
     }
 
+    /// Whether [`Pipeline::commit_acknowledged`] may answer for
+    /// `committed`: only an id the follower has not acknowledged yet, so
+    /// that the answer is one the follower gives after openraft's call
+    /// (what openraft dates it by); an earlier acknowledgement would answer
+    /// at once and pass for a fresh one.
+    pub fn acknowledges_commit_later(&self, committed: Option<LogId>) -> bool {
+        committed > self.progress.borrow().commit_acked
+    }
+
     /// Tells the follower on the stream that entries through `committed`
     /// are committed, and waits until it has acknowledged a message that
     /// carried this; false if the stream ended first. openraft's heartbeat
     /// that would have told it, one unary call per follower for every
     /// committed entry, is answered by this instead.
-    ///
-    /// Only for a committed id the follower has not acknowledged yet: the
-    /// answer must be one the follower gives after the call (what openraft
-    /// dates it by); an earlier acknowledgement would answer at once.
-    pub fn acknowledges_commit_later(&self, committed: Option<LogId>) -> bool {
-        committed > self.progress.borrow().commit_acked
-    }
-
-    /// See [`Pipeline::acknowledges_commit_later`].
     pub async fn commit_acknowledged(&self, committed: Option<LogId>) -> bool {
         self.share_commit(committed);
         let mut progress = self.progress.clone();
