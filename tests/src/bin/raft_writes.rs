@@ -132,11 +132,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let leader_name = cluster.leader()?;
-    let leader = cluster
-        .agents
-        .iter()
-        .find(|a| a.name == leader_name)
-        .ok_or_else(|| anyhow::anyhow!("the leader {leader_name} is not one of the agents"))?;
+    let leader = cluster.agent(&leader_name);
     let sockets: Vec<_> = cluster
         .agents
         .iter()
