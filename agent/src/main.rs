@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "shoald", version = shoal_proto::VERSION, about = "The Shoal node agent")]
 struct Args {
     /// Settings file with the same keys as these flags (data_dir, socket,
-    /// hostname, executor, sim_delay, log_level, metrics_addr)
+    /// hostname, executor, sim_delay, log_level, metrics_addr, threads)
     /// [default: /etc/shoal/shoald.toml if it exists].
     #[arg(long, env = "SHOALD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
@@ -51,6 +51,11 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "SHOALD_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Threads that run the agent's work: raft, the API, sessions and
+    /// tasks [default: one per core it may use]. Agents sharing a machine
+    /// do better splitting its cores than each waking a thread per core.
+    #[arg(long, env = "SHOALD_THREADS", value_parser = config::parse_threads)]
+    threads: Option<usize>,
 }
 
 /// The flags merged over the config file.
@@ -61,6 +66,7 @@ struct Settings {
     /// re-read of the file must not override it.
     log_level_pinned: bool,
     metrics_addr: Option<SocketAddr>,
+    threads: usize,
 }
 
 fn settings(args: &Args, loaded: &Loaded) -> Result<Settings, config::ConfigError> {
@@ -94,6 +100,10 @@ fn settings(args: &Args, loaded: &Loaded) -> Result<Settings, config::ConfigErro
             Some(addr) => Some(addr),
             None => loaded.metrics_addr()?,
         },
+        threads: match args.threads {
+            Some(threads) => threads,
+            None => loaded.threads()?.unwrap_or_else(config::default_threads),
+        },
     })
 }
 
@@ -112,6 +122,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => return fail(&e),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
         .enable_all()
         .build()
     {
@@ -146,6 +157,7 @@ async fn run(
         hostname = %config.hostname,
         data_dir = %config.data_dir.display(),
         logs = logs.sink,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "shoald starting"
     );
     let metrics = match settings.metrics_addr {

@@ -179,6 +179,26 @@ fn a_bad_config_file_stops_the_start_with_the_key_and_the_fix() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_threads_setting_sizes_the_runtime_and_zero_is_refused() -> Result<()> {
+    let daemon = Daemon::start("threads = 1\nlog_level = \"info\"\n", None)?;
+    wait_until(Duration::from_secs(20), || {
+        Ok(daemon.log().contains("shoald starting"))
+    })?;
+    assert!(daemon.log().contains("threads=1"), "{}", daemon.log());
+
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(shoald_path())
+        .args(["--threads", "0", "--config", "/dev/null", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--threads"), "{stderr}");
+    assert!(stderr.contains("a whole number from 1"), "{stderr}");
+    Ok(())
+}
+
 /// Parses Prometheus text format strictly enough to catch what a scraper
 /// would reject: every sample belongs to a declared family and has a
 /// number for a value. Returns `name{labels}` → value.

@@ -10,6 +10,7 @@
 //! executor = "docker"          # auto | docker | process | sim
 //! log_level = "info"           # reloaded on SIGHUP
 //! metrics_addr = "127.0.0.1:9323"
+//! threads = 2                  # default: one per core
 //! ```
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub struct FileConfig {
     pub sim_delay: Option<String>,
     pub log_level: Option<String>,
     pub metrics_addr: Option<String>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,17 @@ impl Loaded {
             })
             .transpose()
     }
+
+    pub fn threads(&self) -> Result<Option<usize>, ConfigError> {
+        match self.file.threads {
+            Some(0) => Err(self.invalid(
+                "threads",
+                "0 threads cannot run the agent: use at least 1, or drop the key for one per core"
+                    .into(),
+            )),
+            threads => Ok(threads),
+        }
+    }
 }
 
 fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -139,6 +152,21 @@ fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         message: e.message().to_string(),
     })
+}
+
+/// Runtime threads when nothing sets them: one per core this process may
+/// use (its CPU affinity and cgroup quota count).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!(
+            "{text:?} is not a thread count: use a whole number from 1, e.g. 2"
+        )),
+        Ok(threads) => Ok(threads),
+    }
 }
 
 pub fn parse_executor(text: &str) -> Result<ExecutorChoice, String> {
@@ -169,6 +197,7 @@ mod tests {
             sim_delay = "50ms"
             log_level = "debug"
             metrics_addr = "127.0.0.1:9323"
+            threads = 1
             "#,
         )?;
         let loaded = Loaded {
@@ -182,6 +211,7 @@ mod tests {
             loaded.metrics_addr()?,
             Some(SocketAddr::from(([127, 0, 0, 1], 9323)))
         );
+        assert_eq!(loaded.threads()?, Some(1));
         Ok(())
     }
 
@@ -211,6 +241,28 @@ mod tests {
             .unwrap_or_default();
         assert!(error.contains("metrics_addr"), "{error}");
         assert!(error.contains("127.0.0.1:9323"), "{error}");
+    }
+
+    #[test]
+    fn zero_threads_is_refused_with_the_fix() {
+        let loaded = Loaded {
+            file: FileConfig {
+                threads: Some(0),
+                ..Default::default()
+            },
+            path: Some("/etc/shoal/shoald.toml".into()),
+        };
+        let error = loaded
+            .threads()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("threads"), "{error}");
+        assert!(error.contains("at least 1"), "{error}");
+        let flag = parse_threads("0").err().unwrap_or_default();
+        assert!(flag.contains("from 1"), "{flag}");
+        assert_eq!(parse_threads("3"), Ok(3));
+        assert!(parse_threads("two").is_err());
     }
 
     #[test]

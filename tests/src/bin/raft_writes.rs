@@ -15,6 +15,9 @@
 //! size, the floor under which writes cannot go, as `docker-converge`
 //! measures the engine's.
 //!
+//! The managers split the machine's cores (`shoald --threads`, see
+//! `shoal_proto::threads_per_agent`): on 2 cores, one runtime thread each.
+//!
 //! Last line: `writes_per_s=… p50_ms=… p99_ms=… cpu_us_per_write=…
 //! writes_per_entry=… clients=… to=… conns=… writes=… [floor_calls_per_s=…]`.
 //! `cpu_us_per_write` is the CPU time the three managers and the benchmark
@@ -127,7 +130,14 @@ fn total_cpu_time(pids: &[u32]) -> Result<Duration> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let cluster = Cluster::start(3, 0, Executor::Sim)?;
+    // The three managers share this machine's cores, as `shoal demo`'s
+    // agents do.
+    let threads = shoal_proto::threads_per_agent(3).to_string();
+    let cluster = Cluster::start_configured(3, 0, Executor::Sim, &|agent| {
+        agent
+            .extra_args
+            .extend(["--threads".into(), threads.clone()]);
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

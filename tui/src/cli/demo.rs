@@ -443,8 +443,9 @@ async fn form_cluster(dir: &Path, shoald: &Path, executor: DemoExecutor) -> anyh
         dir.display()
     );
     write_state(dir, &state)?;
+    let threads = shoal_proto::threads_per_agent(names.len());
     for name in &names {
-        spawn_agent(dir, shoald, name, executor)?;
+        spawn_agent(dir, shoald, name, executor, threads)?;
     }
     for name in &names {
         wait_for_socket(dir, name).await?;
@@ -567,6 +568,7 @@ fn spawn_agent(
     shoald: &Path,
     name: &str,
     executor: DemoExecutor,
+    threads: usize,
 ) -> anyhow::Result<()> {
     let home = dir.join(name);
     std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
@@ -580,6 +582,8 @@ fn spawn_agent(
         .arg("--socket")
         .arg(socket_of(dir, name))
         .args(["--hostname", name, "--executor", executor.flag()])
+        // The demo's agents share this machine's cores.
+        .args(["--threads", &threads.to_string()])
         // No config file or environment of the host's own agent applies.
         .arg("--config")
         .arg("/dev/null")
