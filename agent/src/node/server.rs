@@ -100,7 +100,12 @@ pub async fn serve_unix(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
-            builder.http2().timer(TokioTimer::new());
+            // gRPC clients read no `date` header; without it each response
+            // is one header fewer to format and compress.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .auto_date_header(false);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let served = tokio::select! {
