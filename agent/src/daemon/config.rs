@@ -225,38 +225,36 @@ mod tests {
         assert!(error.contains("data-dir"), "{error}");
     }
 
+    /// `file` as read from the default path.
+    fn in_default_file(file: FileConfig) -> Loaded {
+        Loaded {
+            file,
+            path: Some(DEFAULT_CONFIG_PATH.into()),
+        }
+    }
+
+    fn message<T>(result: Result<T, ConfigError>) -> String {
+        result.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
     #[test]
     fn a_bad_value_names_the_key_and_an_example() {
-        let loaded = Loaded {
-            file: FileConfig {
-                metrics_addr: Some("localhost".into()),
-                ..Default::default()
-            },
-            path: Some("/etc/shoal/shoald.toml".into()),
-        };
-        let error = loaded
-            .metrics_addr()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let loaded = in_default_file(FileConfig {
+            metrics_addr: Some("localhost".into()),
+            ..Default::default()
+        });
+        let error = message(loaded.metrics_addr());
         assert!(error.contains("metrics_addr"), "{error}");
         assert!(error.contains("127.0.0.1:9323"), "{error}");
     }
 
     #[test]
     fn zero_threads_is_refused_with_the_fix() {
-        let loaded = Loaded {
-            file: FileConfig {
-                threads: Some(0),
-                ..Default::default()
-            },
-            path: Some("/etc/shoal/shoald.toml".into()),
-        };
-        let error = loaded
-            .threads()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let loaded = in_default_file(FileConfig {
+            threads: Some(0),
+            ..Default::default()
+        });
+        let error = message(loaded.threads());
         assert!(error.contains("threads"), "{error}");
         assert!(error.contains("at least 1"), "{error}");
         let flag = parse_threads("0").err().unwrap_or_default();
