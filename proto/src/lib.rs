@@ -27,12 +27,13 @@ pub fn quorum(managers: usize) -> usize {
 }
 
 /// Runtime threads for each of `agents` agents sharing one machine
-/// (`shoald --threads`): its cores split between them, at least one each.
-/// An agent's runtime keeps a thread per core by default; where several
-/// agents share the cores, those threads mostly wake and preempt one
-/// another. Three managers on two cores made 12% more small writes with one
-/// thread each (`raft-writes`, 6 alternated pairs: 15,300 against 13,600
-/// writes/s, at 110 against 125 µs of CPU per write).
+/// (`shoald --threads`): its cores split between them, at least one each;
+/// the cores are those this process may use (its CPU affinity and cgroup
+/// quota count). An agent alone gets them all, shoald's default. Where
+/// several agents share the cores, their threads (one per core each) mostly
+/// wake and preempt one another: three managers on two cores made 12% more
+/// small writes with one thread each (`raft-writes`, 6 alternated pairs:
+/// 15,300 against 13,600 writes/s, at 110 against 125 µs CPU per write).
 pub fn threads_per_agent(agents: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / agents.max(1)).max(1)

@@ -154,10 +154,10 @@ fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Runtime threads when nothing sets them: one per core this process may
-/// use (its CPU affinity and cgroup quota count).
+/// Runtime threads when nothing sets them: those of an agent alone on its
+/// machine, a thread per core it may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    shoal_proto::threads_per_agent(1)
 }
 
 pub fn parse_threads(text: &str) -> Result<usize, String> {
