@@ -20,4 +20,6 @@ pub mod pki;
 pub mod raft;
 pub mod secret;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod worker;

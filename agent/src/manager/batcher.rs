@@ -238,6 +238,7 @@ mod tests {
 
     use super::*;
     use crate::store::{Patch, TaskState};
+    use crate::testing::eventually;
 
     /// A transaction of `ops` ops, told apart by its time.
     fn tx(time: i64, ops: usize) -> Transaction {
@@ -297,15 +298,6 @@ mod tests {
         assert_eq!(sizes.lock().unwrap().clone(), [1, 1, 2]);
     }
 
-    /// Waits until `done` holds; fails the test after 5 s.
-    async fn eventually(what: &str, done: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !done() {
-            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     #[tokio::test]
     async fn the_backlog_counts_the_writes_waiting_for_the_next_batch() {
         let backlog = Backlog::default();
@@ -329,13 +321,19 @@ mod tests {
             tokio::spawn(async move { batcher.propose(tx(time, 1)).await })
         };
         let first = propose(1);
-        eventually("the first batch", || batches.lock().unwrap().len() == 1).await;
+        eventually("the first batch went out", || {
+            batches.lock().unwrap().len() == 1
+        })
+        .await;
         assert_eq!(backlog.writes(), 0, "the first write went out at once");
         let waiting: Vec<_> = (2..5).map(propose).collect();
-        eventually("three writes waiting", || backlog.writes() == 3).await;
+        eventually("three writes wait", || backlog.writes() == 3).await;
         gate.add_permits(1);
         assert_eq!(first.await.unwrap().unwrap(), 1);
-        eventually("the second batch", || batches.lock().unwrap().len() == 2).await;
+        eventually("the second batch went out", || {
+            batches.lock().unwrap().len() == 2
+        })
+        .await;
         assert_eq!(backlog.writes(), 0, "the next batch took them all");
         gate.add_permits(1);
         for (write, time) in waiting.into_iter().zip(2..) {

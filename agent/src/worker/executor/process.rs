@@ -929,6 +929,7 @@ impl Follower {
 mod tests {
     use super::*;
     use crate::store::{HealthConfig, Meta};
+    use crate::testing::eventually;
 
     fn task(id: &str, argv: &[&str]) -> Task {
         let mut task = Task {
@@ -964,16 +965,6 @@ mod tests {
                     .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
             })
             .unwrap_or(false)
-    }
-
-    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-        for _ in 0..100 {
-            if check() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting until {what}");
     }
 
     async fn first_line(exec: &ProcessExecutor, t: &Task) -> String {
