@@ -15,8 +15,9 @@
 //! size, the floor under which writes cannot go, as `docker-converge`
 //! measures the engine's.
 //!
-//! The managers split the machine's cores (`shoald --threads`, see
-//! `shoal_proto::threads_per_agent`): on 2 cores, one runtime thread each.
+//! The managers and the clients split the machine's cores (`shoald
+//! --threads`, see `shoal_proto::threads_per_agent`): on 2 cores, one
+//! runtime thread each.
 //!
 //! The load generator shares those cores, so it should weigh as little as
 //! it can: its clients speak gRPC on h2 directly ([`H2Client`]) and send
@@ -281,7 +282,10 @@ fn main() -> Result<()> {
             .extra_args
             .extend(["--threads".into(), threads.clone()]);
     })?;
+    // The clients are a fourth process on those cores, and take a share
+    // like the managers'.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(shoal_proto::threads_per_agent(4))
         .enable_all()
         .build()?;
     let leader_name = cluster.leader()?;
