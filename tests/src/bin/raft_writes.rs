@@ -175,23 +175,23 @@ impl Connection {
         })
     }
 
-    async fn create_service(&self, request: pb::CreateServiceRequest) -> Result<(), Status> {
+    /// Calls `method` with `request`: the h2 client by its path, tonic's
+    /// through `tonic_call`, the generated method for the same path.
+    async fn call<Q, A, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Q,
+        tonic_call: F,
+    ) -> Result<(), Status>
+    where
+        Q: prost::Message,
+        A: prost::Message + Default,
+        F: FnOnce(ControlClient<Channel>, Q) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<A>, Status>>,
+    {
         match self {
-            Connection::H2(client) => client
-                .unary::<_, pb::CreateServiceResponse>("/shoal.v1.Control/CreateService", &request)
-                .await
-                .map(drop),
-            Connection::Tonic(client) => client.clone().create_service(request).await.map(drop),
-        }
-    }
-
-    async fn list_services(&self, request: pb::ListServicesRequest) -> Result<(), Status> {
-        match self {
-            Connection::H2(client) => client
-                .unary::<_, pb::ListServicesResponse>("/shoal.v1.Control/ListServices", &request)
-                .await
-                .map(drop),
-            Connection::Tonic(client) => client.clone().list_services(request).await.map(drop),
+            Connection::H2(client) => client.unary::<Q, A>(method, &request).await.map(drop),
+            Connection::Tonic(client) => tonic_call(client.clone(), request).await.map(drop),
         }
     }
 }
@@ -314,7 +314,11 @@ fn main() -> Result<()> {
         |connection, c, i| async move {
             let spec = replica_less_service(format!("w{c}-{i}"));
             connection
-                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .call(
+                    "/shoal.v1.Control/CreateService",
+                    pb::CreateServiceRequest { spec: Some(spec) },
+                    |mut client, request| async move { client.create_service(request).await },
+                )
                 .await
         },
     ))?;
@@ -354,9 +358,13 @@ fn main() -> Result<()> {
             args.seconds,
             |connection, c, _| async move {
                 connection
-                    .list_services(pb::ListServicesRequest {
-                        names: vec![format!("w{c}-1")],
-                    })
+                    .call(
+                        "/shoal.v1.Control/ListServices",
+                        pb::ListServicesRequest {
+                            names: vec![format!("w{c}-1")],
+                        },
+                        |mut client, request| async move { client.list_services(request).await },
+                    )
                     .await
             },
         ))?;
