@@ -11,6 +11,7 @@
 //! types to its domain types at its service edge, and the console works on
 //! them directly.
 
+pub mod codec;
 pub mod transport;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
