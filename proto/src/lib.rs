@@ -3,7 +3,8 @@
 //!
 //! - [`v1`] is generated from `proto/shoal/v1/*.proto` at build time (pure
 //!   Rust, no `protoc`). `Control` is the public operator API; `Raft`,
-//!   `Dispatcher` and `Ca` are the cluster's internal services.
+//!   `Dispatcher` and `Ca` are the cluster's internal services. Its clients
+//!   and servers encode with [`codec::SmallBufferCodec`].
 //! - [`transport`] dials a node's local unix socket or a manager over mutual
 //!   TLS, and loads the operator credentials `shoal --host` uses.
 //!
