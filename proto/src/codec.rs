@@ -21,7 +21,7 @@ const FIRST_BUFFER: usize = 512;
 /// (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// A `tonic_prost::ProstCodec` whose buffers start at 512 bytes.
+/// A `tonic_prost::ProstCodec` whose buffers start at `FIRST_BUFFER` bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
 
