@@ -32,6 +32,38 @@ pub enum TransportError {
 /// Timeout for establishing a connection; calls themselves set their own.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A free port on 127.0.0.1 for an agent to listen on a moment later
+/// (`swarm init`/`join --advertise-addr`).
+///
+/// Ports come from just below the kernel's ephemeral range: a port handed
+/// out by `bind(0)` is back in that range once released, and any outgoing
+/// connection on the machine could take it as its local port before the
+/// agent binds it ("Address already in use"). Each process starts at its
+/// own point of the span, so concurrent callers walk apart.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_start.saturating_sub(12_000).max(10_000);
+    let span = ephemeral_start.saturating_sub(low).max(1);
+    let origin = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (origin + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(low + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+}
+
 /// Connects to a node's local control socket.
 pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Channel, TransportError> {
     let path = path.as_ref().to_path_buf();
@@ -227,5 +259,30 @@ impl OperatorCredentials {
     /// Connects to a manager's TCP address with these credentials.
     pub async fn connect_manager(&self, addr: &str) -> Result<Channel, TransportError> {
         connect_tls(addr, self.tls.clone(), crate::MANAGER_SERVER_NAME).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .ok()
+                .and_then(|range| range.split_whitespace().next()?.parse().ok())
+                .unwrap_or(32768);
+        let ports: Vec<u16> = (0..20)
+            .map(|_| free_loopback_port().expect("a free port"))
+            .collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(port < ephemeral_start, "{port} is in the ephemeral range");
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
     }
 }

@@ -1,4 +1,3 @@
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -101,12 +100,9 @@ pub fn shoal_path() -> PathBuf {
     bin_dir().join("shoal")
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for an agent to listen on later.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    shoal_proto::transport::free_loopback_port().expect("a free port on 127.0.0.1")
 }
 
 /// One `shoald` process and its data.

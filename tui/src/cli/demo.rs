@@ -426,8 +426,8 @@ async fn import_rootfs(busybox: &Path, work: &Path) -> anyhow::Result<()> {
 
 /// A free loopback address for an agent to listen on.
 fn free_addr() -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.to_string())
+    let port = shoal_proto::transport::free_loopback_port().context("finding a free port")?;
+    Ok(format!("127.0.0.1:{port}"))
 }
 
 async fn form_cluster(dir: &Path, shoald: &Path, executor: DemoExecutor) -> anyhow::Result<()> {
