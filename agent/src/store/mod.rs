@@ -18,7 +18,7 @@
 pub mod objects;
 pub mod query;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -280,7 +280,7 @@ pub struct Tables {
     /// keyed hash.
     tasks_by_service: FxHashMap<String, BTreeMap<(u64, String), Arc<Task>>>,
     tasks_by_node: FxHashMap<String, TaskIndex>,
-    service_by_name: HashMap<String, String>,
+    service_by_name: FxHashMap<String, String>,
     /// Raft index of the last applied entry: the store's version.
     pub version: u64,
     pub raft: RaftApplied,
@@ -608,8 +608,11 @@ impl Tables {
         // with that version, None = deleted. Created objects carry version
         // u64::MAX, which no later op can name: an object created in a
         // transaction is not updated by the same one.
-        let mut staged: HashMap<(Kind, &str), Option<u64>> = HashMap::new();
-        let mut staged_names: HashMap<&str, Option<&str>> = HashMap::new();
+        // A transaction of one op (every single write) has no later op to
+        // look at what it staged: it stages nothing and allocates nothing.
+        let staging = tx.ops.len() > 1;
+        let mut staged: FxHashMap<(Kind, &str), Option<u64>> = FxHashMap::default();
+        let mut staged_names: FxHashMap<&str, Option<&str>> = FxHashMap::default();
         for op in tx.ops.iter() {
             match op {
                 Op::Create(object) => {
@@ -635,9 +638,13 @@ impl Tables {
                                 name: name.to_string(),
                             });
                         }
-                        staged_names.insert(name, Some(service.meta.id.as_str()));
+                        if staging {
+                            staged_names.insert(name, Some(service.meta.id.as_str()));
+                        }
                     }
-                    staged.insert(key, Some(u64::MAX));
+                    if staging {
+                        staged.insert(key, Some(u64::MAX));
+                    }
                 }
                 Op::Update(object) => {
                     let key = (object.kind(), object.id());
@@ -670,9 +677,13 @@ impl Tables {
                                 name: name.to_string(),
                             });
                         }
-                        staged_names.insert(name, Some(service.meta.id.as_str()));
+                        if staging {
+                            staged_names.insert(name, Some(service.meta.id.as_str()));
+                        }
                     }
-                    staged.insert(key, Some(u64::MAX));
+                    if staging {
+                        staged.insert(key, Some(u64::MAX));
+                    }
                 }
                 Op::Delete { kind, id, version } => {
                     let key = (*kind, id.as_str());
@@ -694,7 +705,9 @@ impl Tables {
                         }
                         _ => {}
                     }
-                    staged.insert(key, None);
+                    if staging {
+                        staged.insert(key, None);
+                    }
                 }
                 // Patches cannot fail: they are skipped when they do not apply.
                 Op::Patch(_) => {}

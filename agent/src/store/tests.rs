@@ -91,6 +91,26 @@ fn a_transaction_is_all_or_nothing() {
 }
 
 #[test]
+fn later_ops_of_a_transaction_see_what_earlier_ones_did() {
+    let store = Store::new();
+    let twice_the_name = Transaction::new(1)
+        .create(service("s1", "web"))
+        .create(service("s2", "web"));
+    assert_eq!(
+        store.apply_one(log_id(1), &twice_the_name),
+        Err(TxError::NameInUse { name: "web".into() })
+    );
+    let twice_the_id = Transaction::new(1)
+        .create(service("s1", "web"))
+        .create(service("s1", "api"));
+    assert!(matches!(
+        store.apply_one(log_id(1), &twice_the_id),
+        Err(TxError::Exists { .. })
+    ));
+    assert!(store.read().services.get("s1").is_none());
+}
+
+#[test]
 fn indexes_follow_tasks_across_updates_and_deletes() {
     let store = Store::new();
     let tx = Transaction::new(1)
