@@ -218,7 +218,7 @@ fn answer(replies: Vec<Reply>, outcome: Result<Vec<Outcome>, ProposeError>) {
 
 /// Proposes `txs` as one raft entry.
 async fn commit_to_raft(raft: &Raft, txs: Vec<Transaction>) -> Result<Vec<Outcome>, ProposeError> {
-    match raft.client_write(Proposal { txs }).await {
+    match raft.client_write(Proposal::new(txs)).await {
         Ok(response) => Ok(response
             .data
             .into_iter()

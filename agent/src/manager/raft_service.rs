@@ -19,7 +19,7 @@ use crate::ids::now_ms;
 use crate::metrics::METRICS;
 use crate::node::Agent;
 use crate::pki::identity::PeerRole;
-use crate::raft::network::{decode, encode};
+use crate::raft::network::{decode, decode_append, encode};
 use crate::raft::types::RaftMember;
 use crate::store::*;
 
@@ -137,8 +137,7 @@ async fn append(
     received: &AtomicU64,
 ) -> Result<pb::RaftPayload, Status> {
     let started = std::time::Instant::now();
-    let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
-        decode(data).map_err(wire)?;
+    let rpc = decode_append(data).map_err(wire)?;
     let decoded = started.elapsed();
     received.fetch_add(1, Ordering::Relaxed);
     let entries = rpc.entries.len();

@@ -20,7 +20,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::crypt::DataKey;
-use super::types::{Entry, LogId, RaftId, SnapshotMeta, StorageError, TypeConfig, Vote, entry_ops};
+use super::types::{
+    Entry, LogId, RaftId, SnapshotMeta, StorageError, TypeConfig, Vote, entry_encoding, entry_ops,
+    keep_entry_encoding,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaftDbError {
@@ -74,7 +77,8 @@ struct Committed {
 /// Entries in the cache at most.
 const CACHE_ENTRIES: usize = 4_096;
 /// Ops in the cached entries at most: a bound on its memory (a task op is
-/// about a kilobyte).
+/// about a kilobyte, and a few hundred bytes more for the encoding a
+/// normal entry carries).
 const CACHE_OPS: usize = 32_768;
 
 /// The newest entries of the log, decoded. Raft reads every entry back
@@ -568,8 +572,9 @@ impl Writer {
                 Job::Append { entries, .. } => {
                     for entry in entries {
                         let index = entry.log_id.index;
-                        let sealed = seal(&self.dek, &RaftDb::log_aad(index), entry)
-                            .map_err(|e| format!("entry {index}: {e}"))?;
+                        let plain = entry_encoding(entry)
+                            .map_err(|e| format!("entry {index}: encoding: {e}"))?;
+                        let sealed = self.dek.seal(&RaftDb::log_aad(index), &plain);
                         batch.insert(&self.log, index.to_be_bytes(), sealed);
                         last_appended = Some(index);
                     }
@@ -712,7 +717,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut entries: Vec<Entry> = entries.into_iter().collect();
+        for entry in &mut entries {
+            keep_entry_encoding(entry).map_err(|e| {
+                write_logs(db_error(&format!("encoding entry {}", entry.log_id), e))
+            })?;
+        }
         let follows = {
             let cache = self.db.inner.cache.lock();
             entries

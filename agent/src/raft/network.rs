@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -26,7 +27,9 @@ use tonic::transport::Channel;
 
 use super::log_store::RaftDb;
 use super::pipeline::{Backlog, Follower, Pipeline};
-use super::types::{LogId, RaftId, RaftMember, TypeConfig, Vote};
+use super::types::{
+    Entry, LogId, RaftId, RaftMember, TypeConfig, Vote, entry_encoding, remember_entry_encoding,
+};
 use crate::metrics::METRICS;
 use crate::pki::tls::NodeTls;
 
@@ -66,6 +69,50 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     postcard::from_bytes(bytes).map_err(|e| WireError(format!("decoding a raft message: {e}")))
+}
+
+/// Encodes an append-entries message exactly as [`encode`] would, each
+/// entry from the encoding it carries (see `types::entry_encoding`): the
+/// leader encodes an entry once, not once per follower.
+pub fn encode_append(request: &AppendEntriesRequest<TypeConfig>) -> Result<Vec<u8>, WireError> {
+    let wire = |e: postcard::Error| WireError(format!("encoding a raft message: {e}"));
+    // postcard writes a struct's fields in declaration order, a sequence as
+    // its length then its items: openraft declares vote, prev_log_id,
+    // entries, leader_commit (a test holds this to postcard's own output).
+    let mut out = postcard::to_stdvec(&(&request.vote, &request.prev_log_id)).map_err(wire)?;
+    out = postcard::to_extend(&request.entries.len(), out).map_err(wire)?;
+    for entry in &request.entries {
+        out.extend_from_slice(&entry_encoding(entry).map_err(wire)?);
+    }
+    postcard::to_extend(&request.leader_commit, out).map_err(wire)
+}
+
+/// Decodes what [`encode_append`] made, each entry keeping the bytes it
+/// came in: the follower's log store writes those instead of encoding the
+/// entry again.
+pub fn decode_append(bytes: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, WireError> {
+    let wire = |e: postcard::Error| WireError(format!("decoding a raft message: {e}"));
+    let ((vote, prev_log_id), mut rest): ((Vote, Option<LogId>), _) =
+        postcard::take_from_bytes(bytes).map_err(wire)?;
+    let count: usize;
+    (count, rest) = postcard::take_from_bytes(rest).map_err(wire)?;
+    // Each entry takes a byte at least: a count beyond that is corrupt, and
+    // must not size an allocation.
+    let mut entries = Vec::with_capacity(count.min(rest.len()));
+    for _ in 0..count {
+        let (mut entry, after): (Entry, _) = postcard::take_from_bytes(rest).map_err(wire)?;
+        let used = rest.len() - after.len();
+        remember_entry_encoding(&mut entry, Bytes::copy_from_slice(&rest[..used]));
+        entries.push(entry);
+        rest = after;
+    }
+    let leader_commit = postcard::from_bytes(rest).map_err(wire)?;
+    Ok(AppendEntriesRequest {
+        vote,
+        prev_log_id,
+        entries,
+        leader_commit,
+    })
 }
 
 /// When this manager last heard from each peer (either direction), by node
@@ -401,5 +448,84 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         // A dead peer is retried often enough that it rejoins quickly once
         // back, rarely enough not to spin.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::raft::types::{Membership, Proposal, keep_entry_encoding};
+    use crate::store::Transaction;
+    use crate::store::objects::{Meta, Service, ServiceSpec};
+
+    fn request() -> AppendEntriesRequest<TypeConfig> {
+        let log_id = |index| LogId::new(CommittedLeaderId::new(3, 7), index);
+        let service = |name: &str| Service {
+            meta: Meta::new(format!("id-{name}"), 1),
+            spec: ServiceSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let member = RaftMember {
+            addr: "127.0.0.1:4701".into(),
+            node_id: "n1".into(),
+        };
+        let membership = Membership::new(vec![BTreeSet::from([7])], BTreeMap::from([(7, member)]));
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 7),
+            prev_log_id: Some(log_id(40)),
+            entries: vec![
+                Entry {
+                    log_id: log_id(41),
+                    payload: EntryPayload::Blank,
+                },
+                Entry {
+                    log_id: log_id(42),
+                    payload: EntryPayload::Normal(Proposal::new(vec![
+                        Transaction::new(5).create(service("web")),
+                        Transaction::new(6).create(service("api")),
+                    ])),
+                },
+                Entry {
+                    log_id: log_id(43),
+                    payload: EntryPayload::Membership(membership),
+                },
+            ],
+            leader_commit: Some(log_id(39)),
+        }
+    }
+
+    #[test]
+    fn an_append_encodes_as_postcard_would_with_or_without_kept_encodings() {
+        let mut request = request();
+        let plain = encode(&request).unwrap();
+        assert_eq!(encode_append(&request).unwrap(), plain);
+        for entry in &mut request.entries {
+            keep_entry_encoding(entry).unwrap();
+        }
+        assert_eq!(encode_append(&request).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_decoded_append_keeps_each_entrys_own_bytes() {
+        let plain = encode(&request()).unwrap();
+        let decoded = decode_append(&plain).unwrap();
+        assert_eq!(encode(&decoded).unwrap(), plain);
+        for entry in &decoded.entries {
+            let kept = entry_encoding(entry).unwrap();
+            assert_eq!(kept.as_ref(), postcard::to_stdvec(entry).unwrap());
+        }
+        assert!(decode_append(&plain[..plain.len() - 3]).is_err());
+        // A count of entries far beyond the message is an error, not an
+        // allocation.
+        let mut corrupt = postcard::to_stdvec(&(request().vote, request().prev_log_id)).unwrap();
+        corrupt.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode_append(&corrupt).is_err());
     }
 }

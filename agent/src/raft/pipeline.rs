@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::log_store::RaftDb;
-use super::network::{APPEND_OPS, PeerContacts, decode, encode, entries_within};
+use super::network::{APPEND_OPS, PeerContacts, decode, encode_append, entries_within};
 use super::types::{LogId, RaftId, TypeConfig, Vote};
 
 /// Messages on the stream not yet answered, at most: enough to cover a
@@ -284,7 +284,7 @@ impl Sender {
                 };
                 commit_sent = commit_sent.max(next.leader_commit);
                 let through = next.entries.last().map_or(self.sent, |e| e.log_id);
-                let payload = match encode(&next) {
+                let payload = match encode_append(&next) {
                     Ok(data) => RaftPayload { data },
                     Err(e) => return e.to_string(),
                 };

@@ -4,6 +4,7 @@
 
 use std::io::Cursor;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Transaction, TxResult};
@@ -33,9 +34,69 @@ impl std::fmt::Display for RaftMember {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Proposal {
     pub txs: Vec<Transaction>,
+    /// The encoding of the entry this proposal rides in, once made.
+    #[serde(skip)]
+    encoded: EntryBytes,
+}
+
+/// A normal entry's postcard encoding, carried beside it once made so that
+/// no entry is encoded twice: the leader's log store encodes each new entry
+/// once, for its own log and for every follower's message, and a follower
+/// keeps the bytes an entry arrived in for its log (under small writes,
+/// encoding entries again took 3% of the three managers' CPU). Never part
+/// of the encoding itself.
+#[derive(Clone, Default)]
+struct EntryBytes(Option<Bytes>);
+
+impl std::fmt::Debug for EntryBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(bytes) => write!(f, "{} bytes", bytes.len()),
+            None => f.write_str("not encoded"),
+        }
+    }
+}
+
+/// `entry`'s postcard encoding: the one it carries, or made now.
+pub fn entry_encoding(entry: &Entry) -> Result<Bytes, postcard::Error> {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(Proposal {
+            encoded: EntryBytes(Some(bytes)),
+            ..
+        }) => Ok(bytes.clone()),
+        _ => postcard::to_stdvec(entry).map(Bytes::from),
+    }
+}
+
+/// Encodes a normal `entry` once and keeps the encoding with it (blank and
+/// membership entries are rare and have nowhere to keep it).
+pub fn keep_entry_encoding(entry: &mut Entry) -> Result<(), postcard::Error> {
+    if let openraft::EntryPayload::Normal(Proposal {
+        encoded: EntryBytes(None),
+        ..
+    }) = &entry.payload
+    {
+        let bytes = Bytes::from(postcard::to_stdvec(&*entry)?);
+        remember_entry_encoding(entry, bytes);
+    }
+    Ok(())
+}
+
+/// Keeps `bytes`, which `entry` was just decoded from, as its encoding.
+pub fn remember_entry_encoding(entry: &mut Entry, bytes: Bytes) {
+    if let openraft::EntryPayload::Normal(proposal) = &mut entry.payload {
+        proposal.encoded = EntryBytes(Some(bytes));
+    }
 }
 
 impl Proposal {
+    pub fn new(txs: Vec<Transaction>) -> Proposal {
+        Proposal {
+            txs,
+            encoded: EntryBytes(None),
+        }
+    }
+
     /// Store ops in all its transactions.
     pub fn ops(&self) -> usize {
         self.txs.iter().map(Transaction::len).sum()
