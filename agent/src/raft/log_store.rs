@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::crypt::DataKey;
 use super::types::{
     Entry, LogId, RaftId, SnapshotMeta, StorageError, TypeConfig, Vote, entry_encoding, entry_ops,
-    keep_entry_encoding,
+    prepare_entry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -719,7 +719,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut entries: Vec<Entry> = entries.into_iter().collect();
         for entry in &mut entries {
-            keep_entry_encoding(entry).map_err(|e| {
+            prepare_entry(entry).map_err(|e| {
                 write_logs(db_error(&format!("encoding entry {}", entry.log_id), e))
             })?;
         }

@@ -68,14 +68,19 @@ pub fn entry_encoding(entry: &Entry) -> Result<Bytes, postcard::Error> {
     }
 }
 
-/// Encodes a normal `entry` once and keeps the encoding with it (blank and
-/// membership entries are rare and have nowhere to keep it).
-pub fn keep_entry_encoding(entry: &mut Entry) -> Result<(), postcard::Error> {
-    if let openraft::EntryPayload::Normal(Proposal {
-        encoded: EntryBytes(None),
-        ..
-    }) = &entry.payload
+/// Readies a new normal `entry` for the log, unless it came over the wire
+/// ready: stamps the objects it creates with their version (its index,
+/// see [`Transaction::stamp_created`]), then encodes it once and keeps the
+/// encoding with it. Blank and membership entries are rare and have
+/// nowhere to keep it.
+pub fn prepare_entry(entry: &mut Entry) -> Result<(), postcard::Error> {
+    let index = entry.log_id.index;
+    if let openraft::EntryPayload::Normal(proposal) = &mut entry.payload
+        && proposal.encoded.0.is_none()
     {
+        for tx in &mut proposal.txs {
+            tx.stamp_created(index);
+        }
         let bytes = Bytes::from(postcard::to_stdvec(&*entry)?);
         remember_entry_encoding(entry, bytes);
     }

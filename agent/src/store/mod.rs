@@ -124,6 +124,25 @@ impl Transaction {
         Arc::make_mut(&mut self.ops).push(op);
     }
 
+    /// Gives the objects this transaction creates `version`, the index of
+    /// the raft entry that carries it, as applying it will. Done once when
+    /// the entry is made, the objects every manager's store then keeps are
+    /// the entry's own: applying no longer copies each one to stamp it.
+    pub fn stamp_created(&mut self, version: u64) {
+        let unstamped =
+            |op: &Op| matches!(op, Op::Create(object) if object.meta().version != version);
+        if !self.ops.iter().any(unstamped) {
+            return;
+        }
+        for op in Arc::make_mut(&mut self.ops).iter_mut() {
+            if let Op::Create(object) = op
+                && object.meta().version != version
+            {
+                object.meta_mut().version = version;
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -498,7 +517,11 @@ impl Tables {
             match op {
                 Op::Create(object) => {
                     let mut object = object.clone();
-                    object.meta_mut().version = version;
+                    // Stamped when the entry was made, unless it came
+                    // from a log written before that was done.
+                    if object.meta().version != version {
+                        object.meta_mut().version = version;
+                    }
                     self.insert(object.clone());
                     events.push(Event {
                         action: Action::Create,

@@ -45,6 +45,24 @@ fn applied_objects_carry_the_raft_index_as_version() {
 }
 
 #[test]
+fn an_object_stamped_with_its_entrys_index_is_stored_without_a_copy() {
+    let store = Store::new();
+    let mut tx = Transaction::new(1).create(service("s1", "web"));
+    tx.stamp_created(7);
+    store.apply_one(log_id(7), &tx).unwrap();
+    let Some(Op::Create(Object::Service(proposed))) = tx.ops.first() else {
+        panic!("the transaction creates a service");
+    };
+    let stored = store.read().services.get("s1").cloned().unwrap();
+    assert_eq!(stored.meta.version, 7);
+    assert!(Arc::ptr_eq(proposed, &stored));
+    // Unstamped (a log from before stamping), it is stamped on apply.
+    let unstamped = Transaction::new(1).create(service("s2", "api"));
+    store.apply_one(log_id(8), &unstamped).unwrap();
+    assert_eq!(store.read().services.get("s2").unwrap().meta.version, 8);
+}
+
+#[test]
 fn an_update_naming_an_old_version_is_refused_and_changes_nothing() {
     let store = Store::new();
     store
