@@ -504,17 +504,11 @@ mod tests {
     #[test]
     fn an_append_encodes_as_postcard_would_with_or_without_kept_encodings() {
         let mut request = request();
-        assert_eq!(
-            encode_append(&request).unwrap(),
-            encode(&request).unwrap()
-        );
+        assert_eq!(encode_append(&request).unwrap(), encode(&request).unwrap());
         for entry in &mut request.entries {
             prepare_entry(entry).unwrap();
         }
-        assert_eq!(
-            encode_append(&request).unwrap(),
-            encode(&request).unwrap()
-        );
+        assert_eq!(encode_append(&request).unwrap(), encode(&request).unwrap());
     }
 
     #[test]
