@@ -69,3 +69,46 @@ fn failover_reports_the_time_until_a_write_is_accepted_again() -> Result<()> {
     assert!(median > 0.0 && median <= figure(&line, "max_ms")?, "{line}");
     Ok(())
 }
+
+#[test]
+fn console_render_reports_frame_times() -> Result<()> {
+    let line = last_line(
+        env!("CARGO_BIN_EXE_console-render"),
+        &["--tasks", "2000", "--frames", "5", "--filter", "web"],
+    )?;
+    assert!(figure(&line, "p50_ms")? > 0.0, "{line}");
+    assert!(figure(&line, "model_mb")? > 0.0, "{line}");
+    Ok(())
+}
+
+#[test]
+fn log_fanin_counts_lines_written_and_received() -> Result<()> {
+    let line = last_line(
+        env!("CARGO_BIN_EXE_log-fanin"),
+        &["--tasks", "2", "--rate", "20", "--seconds", "2"],
+    )?;
+    // Whether every line arrives is the logs tests' to hold (with their
+    // own waits); here the count only has to be made.
+    assert!(figure(&line, "received")? > 0.0, "{line}");
+    assert!(figure(&line, "lost")? >= 0.0, "{line}");
+    Ok(())
+}
+
+#[test]
+fn swarm2k_reports_convergence_and_memory() -> Result<()> {
+    let line = last_line(
+        env!("CARGO_BIN_EXE_swarm2k"),
+        &["--nodes", "6", "--replicas", "30"],
+    )?;
+    assert!(figure(&line, "converged_s")? >= 0.0, "{line}");
+    assert!(figure(&line, "manager_rss_mb")? > 0.0, "{line}");
+    Ok(())
+}
+
+#[test]
+fn docker_converge_reports_shoal_and_the_engines_floor() -> Result<()> {
+    let line = last_line(env!("CARGO_BIN_EXE_docker-converge"), &["--replicas", "2"])?;
+    assert!(figure(&line, "shoal_s")? > 0.0, "{line}");
+    assert!(figure(&line, "floor_s")? > 0.0, "{line}");
+    Ok(())
+}
