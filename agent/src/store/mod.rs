@@ -627,24 +627,12 @@ impl Tables {
     /// Validates every op, taking earlier ops of the same transaction into
     /// account, without changing anything.
     fn check(&self, tx: &Transaction) -> Result<(), TxError> {
-        // What earlier ops of this transaction did: Some(version) = exists
-        // with that version, None = deleted. Created objects carry version
-        // u64::MAX, which no later op can name: an object created in a
-        // transaction is not updated by the same one.
-        // A transaction of one op (every single write) has no later op to
-        // look at what it staged: it stages nothing and allocates nothing.
-        let staging = tx.ops.len() > 1;
-        let mut staged: FxHashMap<(Kind, &str), Option<u64>> = FxHashMap::default();
-        let mut staged_names: FxHashMap<&str, Option<&str>> = FxHashMap::default();
+        let mut staged = Staged::new(tx.ops.len());
         for op in tx.ops.iter() {
             match op {
                 Op::Create(object) => {
                     let key = (object.kind(), object.id());
-                    let exists = match staged.get(&key) {
-                        Some(v) => v.is_some(),
-                        None => self.object_version(key.0, key.1).is_some(),
-                    };
-                    if exists {
+                    if staged.version(self, key).is_some() {
                         return Err(TxError::Exists {
                             kind: key.0,
                             id: key.1.to_string(),
@@ -652,30 +640,18 @@ impl Tables {
                     }
                     if let Object::Service(service) = object {
                         let name = service.spec.name.as_str();
-                        let taken = match staged_names.get(name) {
-                            Some(owner) => owner.is_some(),
-                            None => self.service_by_name.contains_key(name),
-                        };
-                        if taken {
+                        if staged.owner(self, name).is_some() {
                             return Err(TxError::NameInUse {
                                 name: name.to_string(),
                             });
                         }
-                        if staging {
-                            staged_names.insert(name, Some(service.meta.id.as_str()));
-                        }
+                        staged.set_owner(name, &service.meta.id);
                     }
-                    if staging {
-                        staged.insert(key, Some(u64::MAX));
-                    }
+                    staged.set_version(key, Some(u64::MAX));
                 }
                 Op::Update(object) => {
                     let key = (object.kind(), object.id());
-                    let current = match staged.get(&key) {
-                        Some(v) => *v,
-                        None => self.object_version(key.0, key.1),
-                    };
-                    let Some(current) = current else {
+                    let Some(current) = staged.version(self, key) else {
                         return Err(TxError::NotFound {
                             kind: key.0,
                             id: key.1.to_string(),
@@ -691,30 +667,21 @@ impl Tables {
                     }
                     if let Object::Service(service) = object {
                         let name = service.spec.name.as_str();
-                        let owner = match staged_names.get(name) {
-                            Some(owner) => owner.map(str::to_string),
-                            None => self.service_by_name.get(name).cloned(),
-                        };
-                        if owner.is_some_and(|owner| owner != service.meta.id) {
+                        if staged
+                            .owner(self, name)
+                            .is_some_and(|owner| owner != service.meta.id)
+                        {
                             return Err(TxError::NameInUse {
                                 name: name.to_string(),
                             });
                         }
-                        if staging {
-                            staged_names.insert(name, Some(service.meta.id.as_str()));
-                        }
+                        staged.set_owner(name, &service.meta.id);
                     }
-                    if staging {
-                        staged.insert(key, Some(u64::MAX));
-                    }
+                    staged.set_version(key, Some(u64::MAX));
                 }
                 Op::Delete { kind, id, version } => {
                     let key = (*kind, id.as_str());
-                    let current = match staged.get(&key) {
-                        Some(v) => *v,
-                        None => self.object_version(key.0, key.1),
-                    };
-                    match (current, version) {
+                    match (staged.version(self, key), version) {
                         // Deleting what is already gone is not an error:
                         // deletes are idempotent.
                         (None, _) => {}
@@ -728,9 +695,7 @@ impl Tables {
                         }
                         _ => {}
                     }
-                    if staging {
-                        staged.insert(key, None);
-                    }
+                    staged.set_version(key, None);
                 }
                 // Patches cannot fail: they are skipped when they do not apply.
                 Op::Patch(_) => {}
@@ -748,6 +713,58 @@ impl Tables {
         out.extend(self.services.iter().cloned().map(Object::Service));
         out.extend(self.tasks.iter().cloned().map(Object::Task));
         out
+    }
+}
+
+/// What the earlier ops of one transaction did, as [`Tables::check`] sees
+/// it for the ops after them: an object's version (`None` once deleted;
+/// created ones carry `u64::MAX`, which no later op can name, so an object
+/// created in a transaction is not updated by the same one) and a service
+/// name's owner. A transaction of one op (every single write) has no later
+/// op to look: it records nothing and allocates nothing.
+struct Staged<'t> {
+    recording: bool,
+    versions: FxHashMap<(Kind, &'t str), Option<u64>>,
+    owners: FxHashMap<&'t str, &'t str>,
+}
+
+impl<'t> Staged<'t> {
+    fn new(ops: usize) -> Self {
+        Staged {
+            recording: ops > 1,
+            versions: FxHashMap::default(),
+            owners: FxHashMap::default(),
+        }
+    }
+
+    /// The version of the object at `key`, as the transaction has left it
+    /// so far.
+    fn version(&self, tables: &Tables, key: (Kind, &str)) -> Option<u64> {
+        match self.versions.get(&key) {
+            Some(version) => *version,
+            None => tables.object_version(key.0, key.1),
+        }
+    }
+
+    /// The id of the service named `name`, as the transaction has left it
+    /// so far.
+    fn owner<'a>(&'a self, tables: &'a Tables, name: &str) -> Option<&'a str> {
+        match self.owners.get(name) {
+            Some(owner) => Some(owner),
+            None => tables.service_by_name.get(name).map(String::as_str),
+        }
+    }
+
+    fn set_version(&mut self, key: (Kind, &'t str), version: Option<u64>) {
+        if self.recording {
+            self.versions.insert(key, version);
+        }
+    }
+
+    fn set_owner(&mut self, name: &'t str, id: &'t str) {
+        if self.recording {
+            self.owners.insert(name, id);
+        }
     }
 }
 
