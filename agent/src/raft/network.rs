@@ -64,49 +64,57 @@ pub(super) fn entries_within(entries: &[super::types::Entry], budget: usize) -> 
 pub struct WireError(pub String);
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
-    postcard::to_stdvec(value).map_err(|e| WireError(format!("encoding a raft message: {e}")))
+    postcard::to_stdvec(value).map_err(encoding_failed)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    postcard::from_bytes(bytes).map_err(|e| WireError(format!("decoding a raft message: {e}")))
+    postcard::from_bytes(bytes).map_err(decoding_failed)
+}
+
+fn encoding_failed(e: postcard::Error) -> WireError {
+    WireError(format!("encoding a raft message: {e}"))
+}
+
+fn decoding_failed(e: postcard::Error) -> WireError {
+    WireError(format!("decoding a raft message: {e}"))
 }
 
 /// Encodes an append-entries message exactly as [`encode`] would, each
 /// entry from the encoding it carries (see `types::entry_encoding`): the
 /// leader encodes an entry once, not once per follower.
 pub fn encode_append(request: &AppendEntriesRequest<TypeConfig>) -> Result<Vec<u8>, WireError> {
-    let wire = |e: postcard::Error| WireError(format!("encoding a raft message: {e}"));
     // postcard writes a struct's fields in declaration order, a sequence as
     // its length then its items: openraft declares vote, prev_log_id,
     // entries, leader_commit (a test holds this to postcard's own output).
-    let mut out = postcard::to_stdvec(&(&request.vote, &request.prev_log_id)).map_err(wire)?;
-    out = postcard::to_extend(&request.entries.len(), out).map_err(wire)?;
+    let mut out =
+        postcard::to_stdvec(&(&request.vote, &request.prev_log_id)).map_err(encoding_failed)?;
+    out = postcard::to_extend(&request.entries.len(), out).map_err(encoding_failed)?;
     for entry in &request.entries {
-        out.extend_from_slice(&entry_encoding(entry).map_err(wire)?);
+        out.extend_from_slice(&entry_encoding(entry).map_err(encoding_failed)?);
     }
-    postcard::to_extend(&request.leader_commit, out).map_err(wire)
+    postcard::to_extend(&request.leader_commit, out).map_err(encoding_failed)
 }
 
 /// Decodes what [`encode_append`] made, each entry keeping the bytes it
 /// came in: the follower's log store writes those instead of encoding the
 /// entry again.
 pub fn decode_append(bytes: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, WireError> {
-    let wire = |e: postcard::Error| WireError(format!("decoding a raft message: {e}"));
     let ((vote, prev_log_id), mut rest): ((Vote, Option<LogId>), _) =
-        postcard::take_from_bytes(bytes).map_err(wire)?;
+        postcard::take_from_bytes(bytes).map_err(decoding_failed)?;
     let count: usize;
-    (count, rest) = postcard::take_from_bytes(rest).map_err(wire)?;
+    (count, rest) = postcard::take_from_bytes(rest).map_err(decoding_failed)?;
     // Each entry takes a byte at least: a count beyond that is corrupt, and
     // must not size an allocation.
     let mut entries = Vec::with_capacity(count.min(rest.len()));
     for _ in 0..count {
-        let (mut entry, after): (Entry, _) = postcard::take_from_bytes(rest).map_err(wire)?;
+        let (mut entry, after): (Entry, _) =
+            postcard::take_from_bytes(rest).map_err(decoding_failed)?;
         let used = rest.len() - after.len();
         remember_entry_encoding(&mut entry, Bytes::copy_from_slice(&rest[..used]));
         entries.push(entry);
         rest = after;
     }
-    let leader_commit = postcard::from_bytes(rest).map_err(wire)?;
+    let leader_commit = postcard::from_bytes(rest).map_err(decoding_failed)?;
     Ok(AppendEntriesRequest {
         vote,
         prev_log_id,
