@@ -43,10 +43,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn free_loopback_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
+    let ephemeral_start = u32::from(ephemeral_port_start());
     let low = ephemeral_start.saturating_sub(12_000).max(10_000);
     let span = ephemeral_start.saturating_sub(low).max(1);
     let origin = std::process::id().wrapping_mul(7919) % span;
@@ -62,6 +59,15 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when
+/// it cannot be read).
+fn ephemeral_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// Connects to a node's local control socket.
@@ -268,11 +274,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let ephemeral_start: u16 =
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                .ok()
-                .and_then(|range| range.split_whitespace().next()?.parse().ok())
-                .unwrap_or(32768);
+        let ephemeral_start = ephemeral_port_start();
         let ports: Vec<u16> = (0..20)
             .map(|_| free_loopback_port().expect("a free port"))
             .collect();
